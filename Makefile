@@ -1,0 +1,34 @@
+# Two entry points, both working in a fresh clone with only Python 3.11 and pip:
+#   make demo   - set up .venv, fetch MNIST, train the TSSL-BP demo, write the report
+#   make test   - set up .venv with [dev], run ruff and pytest
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV ?= .venv
+BIN := $(VENV)/bin
+RUN_DIR ?= runs/demo
+
+.PHONY: demo test setup setup-dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+
+setup: $(BIN)/python
+	$(BIN)/pip install "$(TORCH)"
+	$(BIN)/pip install -e .
+
+setup-dev: $(BIN)/python
+	$(BIN)/pip install "$(TORCH)"
+	$(BIN)/pip install -e ".[dev]"
+
+demo: setup
+	$(BIN)/efficientdl data fetch mnist
+	$(BIN)/efficientdl snn train --config configs/snn/demo.yaml --run-dir $(RUN_DIR)/snn
+	@echo "report: $(RUN_DIR)/snn/report.md"
+
+test: setup-dev
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,37 @@
+"""Seeding, device selection and run folders."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA) from one integer."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    """'auto' → CUDA when available, else CPU; otherwise the named device (validated)."""
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(preference)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {preference!r} requested but CUDA is not available")
+    return device
+
+
+def make_run_dir(root: str | Path, name: str, *, run_dir: str | Path | None = None) -> Path:
+    """Create (or reuse, when given explicitly) the folder a run writes into."""
+    if run_dir is not None:
+        path = Path(run_dir)
+    else:
+        path = Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

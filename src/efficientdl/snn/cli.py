@@ -1,0 +1,87 @@
+"""`efficientdl snn train|evaluate|stats`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from efficientdl.core.config import load_config
+
+
+def _add_config_args(p) -> None:
+    p.add_argument("--config", required=True, help="YAML recipe, e.g. configs/snn/mnist_cnn.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field (repeatable); unknown keys are errors")
+
+
+def register(sub) -> None:
+    """Add the `snn` sub-command tree to the top-level parser."""
+    snn = sub.add_parser("snn", help="TSSL-BP spiking networks")
+    actions = snn.add_subparsers(dest="action", required=True)
+    train = actions.add_parser("train", help="train a recipe; writes a run folder")
+    _add_config_args(train)
+    train.add_argument("--run-dir", default=None, help="run folder (default runs/<name>-<time>)")
+    train.add_argument("--resume", action="store_true", help="continue from run-dir/checkpoint.pt")
+    train.add_argument("--no-report", action="store_true", help="skip report.md and the plots")
+    train.set_defaults(func=_train)
+    evaluate = actions.add_parser("evaluate", help="test accuracy of a run's checkpoint")
+    evaluate.add_argument("--run-dir", required=True)
+    evaluate.add_argument("--set", dest="overrides", action="append", default=[])
+    evaluate.set_defaults(func=_evaluate)
+    stats = actions.add_parser("stats", help="firing rates and SynOps of a run's checkpoint")
+    stats.add_argument("--run-dir", required=True)
+    stats.add_argument("--batches", type=int, default=10)
+    stats.set_defaults(func=_stats)
+
+
+def _recipe(args):
+    from efficientdl.snn.models import TSSLBPRecipe
+
+    return load_config(TSSLBPRecipe, args.config, args.overrides).validate()
+
+
+def _train(args) -> int:
+    from efficientdl.snn.report import write_report
+    from efficientdl.snn.train import fit
+
+    if args.resume and args.run_dir is None:
+        raise ValueError("--resume needs --run-dir (the folder of the run to continue)")
+    recipe = _recipe(args)
+    summary = fit(recipe, run_dir=args.run_dir, resume=args.resume)
+    if not args.no_report and summary.get("final_test_accuracy") is not None:
+        write_report(summary["run_dir"])
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _load_run(run_dir, overrides=()):
+    from efficientdl.core import load_checkpoint
+    from efficientdl.core.config import apply_overrides, from_dict
+    from efficientdl.snn.models import TSSLBPRecipe, build
+    from efficientdl.snn.train import CHECKPOINT, _load_data
+
+    state = load_checkpoint(Path(run_dir) / CHECKPOINT)
+    recipe = from_dict(TSSLBPRecipe, apply_overrides(state["recipe"], overrides)).validate()
+    net = build(recipe.model, **recipe.model_overrides())
+    net.load_state_dict(state["model"])
+    return recipe, net, _load_data(recipe, recipe.data_root)
+
+
+def _evaluate(args) -> int:
+    from efficientdl.core import select_device
+    from efficientdl.snn.train import evaluate
+
+    recipe, net, (_, test_set) = _load_run(args.run_dir, args.overrides)
+    device = select_device(recipe.device)
+    result = evaluate(net.to(device), test_set, recipe, device=device, progress=True)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _stats(args) -> int:
+    from efficientdl.snn.report import firing_on_test
+
+    recipe, net, (_, test_set) = _load_run(args.run_dir)
+    report = firing_on_test(net, test_set, recipe, batches=args.batches)
+    print(json.dumps(report.to_dict(), indent=2))
+    return 0

@@ -1,0 +1,221 @@
+"""TSSL-BP functional core: PSP filter, LIF neuron forward and the TSSL-BP backward (spec §1-§2).
+
+Layout is time-first `[T, N, ...]`. All recurrences loop over T in Python and are vectorised over
+neurons (the 'torch' reference backend). Arithmetic follows the spec's canonical form so that any
+fused backend can be bit-equal: reciprocals rounded once to the compute dtype, one rounding per op.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+class LIFStates(NamedTuple):
+    """Forward states of a LIF layer: output trace a, spikes s (bool), pre-reset membrane u."""
+
+    trace: torch.Tensor
+    spikes: torch.Tensor
+    membrane: torch.Tensor
+
+
+def _check_params(x: torch.Tensor, *, tau_m: float | None, tau_s: float, threshold=None) -> None:
+    if x.dim() < 1 or x.shape[0] < 1:
+        raise ValueError(f"expected a time-first tensor [T, ...] with T >= 1, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"expected a floating-point tensor, got dtype {x.dtype}")
+    if tau_m is not None and not tau_m > 1:
+        raise ValueError(f"tau_m must be > 1 (leak factor 1 - 1/tau_m in (0, 1)), got {tau_m}")
+    if not tau_s > 1:
+        raise ValueError(f"tau_s must be > 1 (decay 1 - 1/tau_s in (0, 1)), got {tau_s}")
+    if threshold is not None and not threshold > 0:
+        raise ValueError(f"threshold must be > 0, got {threshold}")
+
+
+def _const(value: float, like: torch.Tensor) -> torch.Tensor:
+    """A scalar computed in double and rounded once to the compute dtype."""
+    return torch.tensor(value, dtype=like.dtype, device=like.device)
+
+
+def kernel_weights(T: int, tau_s: float, *, dtype=torch.float64, device=None) -> torch.Tensor:
+    """The discrete PSP kernel κ[k] = λs^k / τs for k = 0..T-1 (spec §1.1; Σ_k κ[k] → 1)."""
+    lam = 1.0 - 1.0 / tau_s
+    k = torch.arange(T, dtype=torch.float64)
+    return (lam**k / tau_s).to(dtype=dtype, device=device)
+
+
+def psp(x: torch.Tensor, tau_s: float) -> torch.Tensor:
+    """Synaptic filter y[t] = y[t-1] + (x[t] - y[t-1])/τs = λs·y[t-1] + x[t]/τs along dim 0 (§1.2)."""
+    _check_params(x, tau_m=None, tau_s=tau_s)
+    r_s = _const(1.0 / tau_s, x)
+    y = torch.zeros_like(x[0])
+    out = []
+    for t in range(x.shape[0]):
+        y = y + (x[t] - y) * r_s
+        out.append(y)
+    return torch.stack(out)
+
+
+def static_encoding_factors(T: int, tau_s: float, *, dtype=torch.float32, device=None):
+    """c[t] = psp(ones)[t] = 1 - λs^(t+1): layer 1 sees c[t]·x for a static image (§1.2)."""
+    return psp(torch.ones(T, dtype=dtype, device=device), tau_s)
+
+
+def lif_states(current: torch.Tensor, *, tau_m: float, tau_s: float, threshold: float) -> LIFStates:
+    """Run the discrete LIF neuron (§1.1) without grad: trace a, spikes s and pre-reset u."""
+    _check_params(current, tau_m=tau_m, tau_s=tau_s, threshold=threshold)
+    with torch.no_grad():
+        r_m, r_s = _const(1.0 / tau_m, current), _const(1.0 / tau_s, current)
+        th = _const(threshold, current)
+        v = torch.zeros_like(current[0])
+        a = torch.zeros_like(current[0])
+        traces, spikes, membranes = [], [], []
+        for t in range(current.shape[0]):
+            du = current[t] - r_m * v
+            u = v + du
+            s = u > th
+            sf = s.to(current.dtype)
+            v = u * (1 - sf)
+            a = a + (sf - a) * r_s
+            traces.append(a)
+            spikes.append(s)
+            membranes.append(u)
+        return LIFStates(torch.stack(traces), torch.stack(spikes), torch.stack(membranes))
+
+
+def _sigmoid_grad(z: torch.Tensor) -> torch.Tensor:
+    """σ'(z) = e^(−z)/(1 + e^(−z))², evaluated stably as σ(z)·σ(−z)."""
+    return torch.sigmoid(z) * torch.sigmoid(-z)
+
+
+def tsslbp_backward(
+    grad_trace: torch.Tensor,
+    membrane: torch.Tensor,
+    *,
+    tau_m: float,
+    tau_s: float,
+    threshold: float,
+    warmup_surrogate: bool = True,
+    warmup_trace: float | None = None,
+    surrogate_width: float = 0.2,
+    surrogate_clip: float = 8.0,
+    max_inv_du: float = 8.0,
+    intra_neuron: bool = True,
+) -> torch.Tensor:
+    """∂L/∂I from ∂L/∂a and the saved pre-reset membrane u (spec §2.1, equations B1-B4).
+
+    s = u > V_th, v = u·(1−s), du[t] = u[t] − v[t−1] and the trace a are recomputed from u.
+    B1: G[t] = δ[t]/τs + λs·G[t+1]. B2: ρ = min(1/du, c_du) at spikes. B3: h[t] = ρ(G + (u/τm)h[t+1])
+    at spikes, λm·h[t+1] otherwise. B4: where a[t] < ϑ the output is σ'(z)/w·G instead of h.
+    """
+    _check_params(membrane, tau_m=tau_m, tau_s=tau_s, threshold=threshold)
+    if grad_trace.shape != membrane.shape:
+        raise ValueError(
+            f"grad_trace shape {tuple(grad_trace.shape)} != membrane shape {tuple(membrane.shape)}"
+        )
+    T = membrane.shape[0]
+    dtype = membrane.dtype
+    grad_trace = grad_trace.to(dtype)
+    r_m, r_s = _const(1.0 / tau_m, membrane), _const(1.0 / tau_s, membrane)
+    lam_m, lam_s = _const(1.0 - 1.0 / tau_m, membrane), _const(1.0 - 1.0 / tau_s, membrane)
+    th = _const(threshold, membrane)
+    theta = _const(1.0 / (4.0 * tau_s) if warmup_trace is None else warmup_trace, membrane)
+    inv_w = _const(1.0 / surrogate_width, membrane)
+
+    spikes = membrane > th
+    v = torch.where(spikes, torch.zeros_like(membrane), membrane)
+    v_prev = torch.cat([torch.zeros_like(v[:1]), v[:-1]])
+    du = membrane - v_prev
+    inv_du = torch.where(spikes, du, torch.ones_like(du)).reciprocal().clamp(max=max_inv_du)
+    if warmup_surrogate:
+        a = torch.zeros_like(membrane[0])
+        quiet = []
+        sf = spikes.to(dtype)
+        for t in range(T):
+            a = a + (sf[t] - a) * r_s
+            quiet.append(a < theta)
+        quiet = torch.stack(quiet)
+        z = ((membrane - th) * inv_w).clamp(-surrogate_clip, surrogate_clip)
+        surrogate = _sigmoid_grad(z) * inv_w
+
+    grad_in = torch.empty_like(membrane)
+    G = torch.zeros_like(membrane[0])
+    h = torch.zeros_like(membrane[0])
+    for t in range(T - 1, -1, -1):
+        G = grad_trace[t] * r_s + lam_s * G
+        carry = G + membrane[t] * r_m * h if intra_neuron else G
+        h = torch.where(spikes[t], inv_du[t] * carry, lam_m * h)
+        grad_in[t] = torch.where(quiet[t], surrogate[t] * G, h) if warmup_surrogate else h
+    return grad_in
+
+
+class _TSSLBP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, current, params: dict, options: dict):
+        states = lif_states(current, **params)
+        ctx.params, ctx.options = params, options
+        ctx.save_for_backward(states.membrane)
+        return states.trace
+
+    @staticmethod
+    def backward(ctx, grad_trace):
+        (membrane,) = ctx.saved_tensors
+        grad = tsslbp_backward(grad_trace, membrane, **ctx.params, **ctx.options)
+        return grad, None, None
+
+
+def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
+    """The backend that will run: 'auto' picks 'torch' (the fused GPU path is a separate issue)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "triton":
+        raise NotImplementedError(
+            "backend='triton' is not available in this version; use backend='torch' or 'auto'"
+        )
+    return "torch"
+
+
+def tsslbp(
+    current: torch.Tensor,
+    *,
+    tau_m: float,
+    tau_s: float,
+    threshold: float,
+    warmup_surrogate: bool = True,
+    warmup_trace: float | None = None,
+    surrogate_width: float = 0.2,
+    surrogate_clip: float = 8.0,
+    max_inv_du: float = 8.0,
+    intra_neuron: bool = True,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """LIF layer: input current [T, N, ...] → output PSP trace, differentiable with TSSL-BP (§2.1)."""
+    _check_params(current, tau_m=tau_m, tau_s=tau_s, threshold=threshold)
+    if not surrogate_width > 0:
+        raise ValueError(f"surrogate_width must be > 0, got {surrogate_width}")
+    if not max_inv_du > 0 or math.isnan(max_inv_du):
+        raise ValueError(f"max_inv_du must be > 0, got {max_inv_du}")
+    resolve_backend(backend, current)
+    params = {"tau_m": tau_m, "tau_s": tau_s, "threshold": threshold}
+    options = {
+        "warmup_surrogate": warmup_surrogate,
+        "warmup_trace": warmup_trace,
+        "surrogate_width": surrogate_width,
+        "surrogate_clip": surrogate_clip,
+        "max_inv_du": max_inv_du,
+        "intra_neuron": intra_neuron,
+    }
+    return _TSSLBP.apply(current, params, options)
+
+
+# Re-exported for the functional API of spec §4.1 (defined in losses, which uses psp above).
+from efficientdl.snn.losses import count_loss, kernel_loss, kernel_target, predict  # noqa: E402
+
+__all__ = [
+    "LIFStates", "count_loss", "kernel_loss", "kernel_target", "kernel_weights", "lif_states",
+    "predict", "psp", "static_encoding_factors", "tsslbp", "tsslbp_backward",
+]

@@ -1,0 +1,256 @@
+"""Spiking layers in the `[T, N, ...]` layout (spec §1.3): T is folded into the batch for every
+convolution, linear, pooling and dropout, and the neuron runs the recurrence over T."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from efficientdl.snn.functional import psp, resolve_backend, tsslbp
+
+NEURON_OPTIONS = (
+    "warmup_surrogate",
+    "warmup_trace",
+    "surrogate_width",
+    "surrogate_clip",
+    "max_inv_du",
+    "intra_neuron",
+)
+
+
+def _check_options(options: dict) -> None:
+    unknown = sorted(set(options) - set(NEURON_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown TSSL-BP option {unknown[0]!r}; known: {', '.join(NEURON_OPTIONS)}")
+
+
+def _fold(x: torch.Tensor) -> torch.Tensor:
+    """[T, N, ...] → [T·N, ...]."""
+    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def _unfold(x: torch.Tensor, T: int) -> torch.Tensor:
+    """[T·N, ...] → [T, N, ...]."""
+    return x.reshape(T, x.shape[0] // T, *x.shape[1:])
+
+
+def _check_time_first(x: torch.Tensor, dims: int, layer: str) -> None:
+    if x.dim() != dims:
+        raise ValueError(f"{layer} expects a {dims}-D trace [T, N, ...], got shape {tuple(x.shape)}")
+
+
+class TSSLBPNeuron(nn.Module):
+    """LIF neuron over `[T, N, ...]` currents, trained with TSSL-BP; outputs the PSP trace."""
+
+    def __init__(
+        self,
+        *,
+        tau_m: float = 5.0,
+        tau_s: float = 3.0,
+        threshold: float = 1.0,
+        backend: str = "auto",
+        **tsslbp_options,
+    ):
+        super().__init__()
+        _check_options(tsslbp_options)
+        if not tau_m > 1 or not tau_s > 1:
+            raise ValueError(f"tau_m and tau_s must be > 1, got tau_m={tau_m}, tau_s={tau_s}")
+        if not threshold > 0:
+            raise ValueError(f"threshold must be > 0, got {threshold}")
+        resolve_backend(backend, torch.empty(0))
+        self.tau_m, self.tau_s, self.threshold = tau_m, tau_s, threshold
+        self.backend = backend
+        self.options = dict(tsslbp_options)
+        self.monitor = None  # set by efficientdl.snn.stats.FiringMonitor while active
+
+    def set_options(self, **options) -> None:
+        """Change TSSL-BP backward options (e.g. `warmup_surrogate=False`) in place."""
+        _check_options(options)
+        self.options.update(options)
+
+    def forward(self, current: torch.Tensor) -> torch.Tensor:
+        trace = tsslbp(
+            current,
+            tau_m=self.tau_m,
+            tau_s=self.tau_s,
+            threshold=self.threshold,
+            backend=self.backend,
+            **self.options,
+        )
+        if self.monitor is not None:
+            self.monitor.observe(self, current)
+        return trace
+
+    def extra_repr(self) -> str:
+        return f"tau_m={self.tau_m}, tau_s={self.tau_s}, threshold={self.threshold}"
+
+
+class _SpikingSynapse(nn.Module):
+    """A weight layer (no bias) followed by a TSSL-BP neuron; subclasses define `synapse`."""
+
+    def _make_neuron(self, tau_m, tau_s, threshold, backend, options) -> None:
+        self.neuron = TSSLBPNeuron(
+            tau_m=tau_m, tau_s=tau_s, threshold=threshold, backend=backend, **options
+        )
+
+    def synapse(self, x: torch.Tensor) -> torch.Tensor:
+        """The weight operation on a batch without a time axis."""
+        raise NotImplementedError
+
+    def forward(self, trace: torch.Tensor) -> torch.Tensor:
+        T = trace.shape[0]
+        return self.neuron(_unfold(self.synapse(_fold(trace)), T))
+
+
+class SpikingConv2d(_SpikingSynapse):
+    """Conv2d (no bias, T folded into the batch) + TSSL-BP neuron: [T,N,Cin,H,W] → [T,N,Cout,H',W']."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        padding: int = 0,
+        weight_scale: float = 1.0,
+        tau_m: float = 5.0,
+        tau_s: float = 3.0,
+        threshold: float = 1.0,
+        backend: str = "auto",
+        **tsslbp_options,
+    ):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        bound = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
+        with torch.no_grad():
+            self.weight.uniform_(-bound, bound).mul_(weight_scale)
+        self._make_neuron(tau_m, tau_s, threshold, backend, tsslbp_options)
+
+    def synapse(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"SpikingConv2d expects [T, N, {self.in_channels}, H, W] (time folded: "
+                f"[B, {self.in_channels}, H, W]), got {tuple(x.shape)}"
+            )
+        return F.conv2d(x, self.weight, stride=self.stride, padding=self.padding)
+
+    def forward(self, trace: torch.Tensor) -> torch.Tensor:
+        _check_time_first(trace, 5, "SpikingConv2d")
+        return super().forward(trace)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}"
+        )
+
+
+class SpikingLinear(_SpikingSynapse):
+    """Linear (no bias) + TSSL-BP neuron: [T, N, *] (flattened C, H, W order) → [T, N, out]."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        weight_scale: float = 1.0,
+        tau_m: float = 5.0,
+        tau_s: float = 3.0,
+        threshold: float = 1.0,
+        backend: str = "auto",
+        **tsslbp_options,
+    ):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        with torch.no_grad():
+            self.weight.normal_(0.0, math.sqrt(2.0 / in_features)).mul_(weight_scale)
+        self._make_neuron(tau_m, tau_s, threshold, backend, tsslbp_options)
+
+    def synapse(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(x.shape[0], -1)
+        if x.shape[1] != self.in_features:
+            raise ValueError(
+                f"SpikingLinear expects {self.in_features} input features per sample, got {x.shape[1]}"
+            )
+        return F.linear(x, self.weight)
+
+    def forward(self, trace: torch.Tensor) -> torch.Tensor:
+        if trace.dim() < 3:
+            raise ValueError(f"SpikingLinear expects a trace [T, N, *], got {tuple(trace.shape)}")
+        return super().forward(trace)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}"
+
+
+class SumPool2d(nn.Module):
+    """Non-spiking k×k sum pooling × `scale` on the trace (spec §1.3; 2×2 × 1.1 = 4.4 × avg pool)."""
+
+    def __init__(self, kernel_size: int = 2, *, scale: float = 1.1):
+        super().__init__()
+        self.kernel_size, self.scale = kernel_size, scale
+
+    def forward(self, trace: torch.Tensor) -> torch.Tensor:
+        _check_time_first(trace, 5, "SumPool2d")
+        T, N, C, H, W = trace.shape
+        k = self.kernel_size
+        if H % k or W % k:
+            raise ValueError(f"SumPool2d({k}) needs H and W divisible by {k}, got H={H}, W={W}")
+        pooled = trace.reshape(T * N, C, H // k, k, W // k, k).sum((3, 5)) * self.scale
+        return pooled.reshape(T, N, C, H // k, W // k)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, scale={self.scale}"
+
+
+class SpikingDropout(nn.Module):
+    """Dropout with one mask per sample and neuron shared by all T steps (spec §1.3).
+
+    `mask='row'` reproduces the 2020 official behaviour on conv traces: one mask per (sample,
+    channel, row), zeroing whole rows. Identity in eval mode.
+    """
+
+    def __init__(self, p: float = 0.2, *, mask: str = "neuron"):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout p must be in [0, 1), got {p}")
+        if mask not in ("neuron", "row"):
+            raise ValueError(f"dropout mask must be 'neuron' or 'row', got {mask!r}")
+        self.p, self.mask = p, mask
+
+    def forward(self, trace: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return trace
+        shape = list(trace.shape[1:])
+        if self.mask == "row" and len(shape) == 4:
+            shape[-1] = 1
+        keep = torch.empty(shape, dtype=trace.dtype, device=trace.device).bernoulli_(1 - self.p)
+        return trace * (keep / (1 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, mask={self.mask!r}"
+
+
+class PSPEncoder(nn.Module):
+    """Input encoding (§1.2): static [N, ...] repeated T times (T given) or [T, N, ...], then psp."""
+
+    def __init__(self, tau_s: float, T: int | None = None):
+        super().__init__()
+        if T is not None and T < 1:
+            raise ValueError(f"T must be >= 1, got {T}")
+        self.tau_s, self.T = tau_s, T
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.T is not None:
+            x = x.unsqueeze(0).expand(self.T, *x.shape)
+        return psp(x, self.tau_s)
+
+    def extra_repr(self) -> str:
+        return f"tau_s={self.tau_s}, T={self.T}"
