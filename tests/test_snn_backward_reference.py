@@ -25,8 +25,20 @@ def slow_forward(I, tau_m, tau_s, threshold):
     return us, dus, ss, as_
 
 
-def slow_backward(I, delta, *, tau_m, tau_s, threshold, warmup_surrogate=True, warmup_trace=None,
-                  surrogate_width=0.2, surrogate_clip=8.0, max_inv_du=8.0, intra_neuron=True):
+def slow_backward(
+    I,
+    delta,
+    *,
+    tau_m,
+    tau_s,
+    threshold,
+    warmup_surrogate=True,
+    warmup_trace=None,
+    surrogate_width=0.2,
+    surrogate_clip=8.0,
+    max_inv_du=8.0,
+    intra_neuron=True,
+):
     """Per-element, per-step §2.1 with the direct O(T²) kernel sum for G (no recursion)."""
     T = len(I)
     us, dus, ss, as_ = slow_forward(I, tau_m, tau_s, threshold)
@@ -75,9 +87,13 @@ def test_backward_matches_slow_reference(options, backend):
     T = current.shape[0]
     flat_I, flat_d = current.reshape(T, -1), delta.reshape(T, -1)
     expected = torch.tensor(
-        [slow_backward(flat_I[:, j].tolist(), flat_d[:, j].tolist(), **P, **options)
-         for j in range(flat_I.shape[1])], dtype=F64).T.reshape(current.shape)
-    assert (lif_states(current, **P).spikes.float().mean() > 0.1)  # the case exercises spikes
+        [
+            slow_backward(flat_I[:, j].tolist(), flat_d[:, j].tolist(), **P, **options)
+            for j in range(flat_I.shape[1])
+        ],
+        dtype=F64,
+    ).T.reshape(current.shape)
+    assert lif_states(current, **P).spikes.float().mean() > 0.1  # the case exercises spikes
     torch.testing.assert_close(I.grad, expected, atol=1e-10, rtol=0)
 
 
@@ -89,10 +105,12 @@ def test_forward_matches_slow_reference():
     for j in range(flat.shape[1]):
         us, _, ss, as_ = slow_forward(flat[:, j].tolist(), **P)
         assert states.spikes.reshape(T, -1)[:, j].tolist() == [bool(s) for s in ss]
-        torch.testing.assert_close(states.membrane.reshape(T, -1)[:, j], torch.tensor(us, dtype=F64),
-                                   atol=1e-14, rtol=0)
-        torch.testing.assert_close(states.trace.reshape(T, -1)[:, j], torch.tensor(as_, dtype=F64),
-                                   atol=1e-14, rtol=0)
+        torch.testing.assert_close(
+            states.membrane.reshape(T, -1)[:, j], torch.tensor(us, dtype=F64), atol=1e-14, rtol=0
+        )
+        torch.testing.assert_close(
+            states.trace.reshape(T, -1)[:, j], torch.tensor(as_, dtype=F64), atol=1e-14, rtol=0
+        )
 
 
 def _branches(current, delta):
@@ -132,7 +150,9 @@ def test_branch_invariants():
                 checked["after_last"] += 1
             else:
                 p = later[0]
-                assert grad[t, j].item() == pytest.approx(lam_m ** (p - t) * grad[p, j].item(), abs=1e-12)
+                assert grad[t, j].item() == pytest.approx(
+                    lam_m ** (p - t) * grad[p, j].item(), abs=1e-12
+                )
                 checked["carry"] += 1
     assert min(checked.values()) > 0, checked
 
@@ -145,7 +165,7 @@ def test_changing_a_quiet_step_changes_only_that_step():
     membrane = states.membrane.clone()
     membrane[t, j] += 0.05  # stays below threshold
     changed = tsslbp_backward(delta, membrane, **P)
-    diff = (changed != grad)
+    diff = changed != grad
     assert diff[t, j]
     diff[t, j] = False
     assert not diff.any()

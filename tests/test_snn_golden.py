@@ -25,8 +25,12 @@ def t64(values):
 def test_g1_kernel_and_psp_closed_forms():
     kappa = [0.333333333, 0.222222222, 0.148148148, 0.098765432, 0.065843621]
     torch.testing.assert_close(kernel_weights(5, 3.0), t64(kappa), atol=1e-9, rtol=0)
-    torch.testing.assert_close(psp(torch.ones(5, dtype=F64), 3.0),
-                               t64([1 / 3, 5 / 9, 19 / 27, 65 / 81, 211 / 243]), atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        psp(torch.ones(5, dtype=F64), 3.0),
+        t64([1 / 3, 5 / 9, 19 / 27, 65 / 81, 211 / 243]),
+        atol=ATOL,
+        rtol=0,
+    )
     for t0 in range(5):
         spike = torch.zeros(5, dtype=F64)
         spike[t0] = 1
@@ -38,9 +42,13 @@ def test_g1_kernel_and_psp_closed_forms():
 def test_g1_targets():
     y = torch.tensor([0])
     official = kernel_target(y, 1, 5, tau_s=3.0, dtype=F64)[:, 0, 0]
-    torch.testing.assert_close(official, t64([0, 1 / 9, 7 / 27, 11 / 27, 131 / 243]), atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        official, t64([0, 1 / 9, 7 / 27, 11 / 27, 131 / 243]), atol=ATOL, rtol=0
+    )
     paper = kernel_target(y, 1, 5, tau_s=3.0, pattern="paper", target_filter_passes=1, dtype=F64)
-    torch.testing.assert_close(paper[:, 0, 0], t64([0, 1 / 3, 2 / 9, 13 / 27, 53 / 81]), atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        paper[:, 0, 0], t64([0, 1 / 3, 2 / 9, 13 / 27, 53 / 81]), atol=ATOL, rtol=0
+    )
     once = kernel_target(y, 1, 5, tau_s=3.0, target_filter_passes=1, dtype=F64)[:, 0, 0]
     torch.testing.assert_close(once, t64([0, 1 / 3, 5 / 9, 19 / 27, 65 / 81]), atol=ATOL, rtol=0)
 
@@ -60,12 +68,19 @@ def test_g1_psp_backward_is_anticausal_kernel():
 
 
 def test_g2_forward():
-    states = lif_states(t64([0.6, 0.7, 0.2, 1.5, 0.1])[:, None], tau_m=5.0, tau_s=3.0, threshold=1.0)
-    torch.testing.assert_close(states.membrane[:, 0], t64([0.6, 1.18, 0.2, 1.66, 0.1]), atol=ATOL, rtol=0)
+    states = lif_states(
+        t64([0.6, 0.7, 0.2, 1.5, 0.1])[:, None], tau_m=5.0, tau_s=3.0, threshold=1.0
+    )
+    torch.testing.assert_close(
+        states.membrane[:, 0], t64([0.6, 1.18, 0.2, 1.66, 0.1]), atol=ATOL, rtol=0
+    )
     assert states.spikes[:, 0].tolist() == [False, True, False, True, False]
-    torch.testing.assert_close(states.trace[:, 0],
-                               t64([0, 0.333333333, 0.222222222, 0.481481481, 0.320987654]),
-                               atol=1e-9, rtol=0)
+    torch.testing.assert_close(
+        states.trace[:, 0],
+        t64([0, 0.333333333, 0.222222222, 0.481481481, 0.320987654]),
+        atol=1e-9,
+        rtol=0,
+    )
     edge = lif_states(t64([1.0, 0.0, 1.0])[:, None], tau_m=5.0, tau_s=3.0, threshold=1.0)
     torch.testing.assert_close(edge.membrane[:, 0], t64([1.0, 0.8, 1.64]), atol=ATOL, rtol=0)
     assert edge.spikes[:, 0].tolist() == [False, False, True]
@@ -74,19 +89,36 @@ def test_g2_forward():
 
 
 ROWS = [
-    ([0.6, 0.7, 0.2, 1.5, 0.1], 0.051906044,
-     [0.019345462, 0.090002448, -0.013028418, -0.016285523, 0]),
+    (
+        [0.6, 0.7, 0.2, 1.5, 0.1],
+        0.051906044,
+        [0.019345462, 0.090002448, -0.013028418, -0.016285523, 0],
+    ),
     ([1.2] * 5, 0.385315585, [0.347674756, 0.336642449, 0.275059696, 0.188995580, 0.091449474]),
-    ([0.3] * 5, 0.143939779, [-0.016628797, -0.072603344, -0.170565426, -0.209315871, -0.548696845]),
+    (
+        [0.3] * 5,
+        0.143939779,
+        [-0.016628797, -0.072603344, -0.170565426, -0.209315871, -0.548696845],
+    ),
 ]
 
 
 def _grad(current, **options):
     I = t64(current)[:, None, None].requires_grad_()
-    out = tsslbp(I, tau_m=5.0, tau_s=3.0, threshold=1.0, **{k: v for k, v in options.items()
-                                                             if k not in ("pattern", "passes")})
-    loss = kernel_loss(out, torch.tensor([0]), tau_s=3.0, pattern=options.get("pattern", "official"),
-                       target_filter_passes=options.get("passes", 2))
+    out = tsslbp(
+        I,
+        tau_m=5.0,
+        tau_s=3.0,
+        threshold=1.0,
+        **{k: v for k, v in options.items() if k not in ("pattern", "passes")},
+    )
+    loss = kernel_loss(
+        out,
+        torch.tensor([0]),
+        tau_s=3.0,
+        pattern=options.get("pattern", "official"),
+        target_filter_passes=options.get("passes", 2),
+    )
     loss.backward()
     return loss.item(), I.grad[:, 0, 0]
 
@@ -98,21 +130,27 @@ def test_g3_backward_default(current, loss, grad):
     torch.testing.assert_close(got_grad, t64(grad), atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("row, expected", [
-    (0, [0.072001958, 0.090002448, -0.013028418, -0.016285523, 0]),
-    (1, ROWS[1][2]),
-    (2, [-0.224746228, -0.280932785, -0.351165981, -0.438957476, -0.548696845]),
-])
+@pytest.mark.parametrize(
+    "row, expected",
+    [
+        (0, [0.072001958, 0.090002448, -0.013028418, -0.016285523, 0]),
+        (1, ROWS[1][2]),
+        (2, [-0.224746228, -0.280932785, -0.351165981, -0.438957476, -0.548696845]),
+    ],
+)
 def test_g3_without_warmup_surrogate(row, expected):
     _, grad = _grad(ROWS[row][0], warmup_surrogate=False)
     torch.testing.assert_close(grad, t64(expected), atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("row, expected", [
-    (0, [0.019345462, 0.095303667, -0.013028418, -0.016285523, 0]),
-    (1, [0.280346266, 0.281630510, 0.237260580, 0.170705685, 0.091449474]),
-    (2, ROWS[2][2]),
-])
+@pytest.mark.parametrize(
+    "row, expected",
+    [
+        (0, [0.019345462, 0.095303667, -0.013028418, -0.016285523, 0]),
+        (1, [0.280346266, 0.281630510, 0.237260580, 0.170705685, 0.091449474]),
+        (2, ROWS[2][2]),
+    ],
+)
 def test_g3_without_intra_neuron(row, expected):
     _, grad = _grad(ROWS[row][0], intra_neuron=False)
     torch.testing.assert_close(grad, t64(expected), atol=ATOL, rtol=0)
@@ -122,7 +160,8 @@ def test_g3_paper_target():
     loss, grad = _grad(ROWS[0][0], pattern="paper", passes=1)
     assert loss == pytest.approx(0.055555556, abs=ATOL)
     torch.testing.assert_close(
-        grad, t64([-0.011521930, -0.073277077, -0.040588534, -0.050735667, 0]), atol=ATOL, rtol=0)
+        grad, t64([-0.011521930, -0.073277077, -0.040588534, -0.050735667, 0]), atol=ATOL, rtol=0
+    )
 
 
 def test_g4_long_neuron():
@@ -130,8 +169,18 @@ def test_g4_long_neuron():
     delta = t64([0.1, -0.2, 0.05, 0.3, -0.1, 0, 0.2, -0.3, 0.15, -0.05])[:, None]
     out = tsslbp(I, tau_m=8.0, tau_s=4.0, threshold=1.0)
     out.backward(delta)
-    expected = [0.013188701, -0.027590587, -0.031532099, -0.036036685, -0.041184782,
-                0.000508605, 0.000786847, -0.061476993, 0, 0]
+    expected = [
+        0.013188701,
+        -0.027590587,
+        -0.031532099,
+        -0.036036685,
+        -0.041184782,
+        0.000508605,
+        0.000786847,
+        -0.061476993,
+        0,
+        0,
+    ]
     torch.testing.assert_close(I.grad[:, 0], t64(expected), atol=ATOL, rtol=0)
     states = lif_states(I.detach(), tau_m=8.0, tau_s=4.0, threshold=1.0)
     assert torch.nonzero(states.spikes[:, 0]).flatten().tolist() == [0, 7]

@@ -1,3 +1,3 @@
-"""efficientdl: fast, faithful, tested implementations of AdaShare, Knowledge Evolution and TSSL-BP."""
+"""efficientdl: fast, faithful, tested AdaShare, Knowledge Evolution and TSSL-BP."""
 
 __version__ = "0.1.0"

@@ -10,8 +10,14 @@ from efficientdl.core.config import load_config
 
 def _add_config_args(p) -> None:
     p.add_argument("--config", required=True, help="YAML recipe, e.g. configs/snn/mnist_cnn.yaml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe field (repeatable); unknown keys are errors")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe field (repeatable); unknown keys are errors",
+    )
 
 
 def register(sub) -> None:

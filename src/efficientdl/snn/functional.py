@@ -25,7 +25,9 @@ class LIFStates(NamedTuple):
 
 def _check_params(x: torch.Tensor, *, tau_m: float | None, tau_s: float, threshold=None) -> None:
     if x.dim() < 1 or x.shape[0] < 1:
-        raise ValueError(f"expected a time-first tensor [T, ...] with T >= 1, got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"expected a time-first tensor [T, ...] with T >= 1, got shape {tuple(x.shape)}"
+        )
     if not x.is_floating_point():
         raise ValueError(f"expected a floating-point tensor, got dtype {x.dtype}")
     if tau_m is not None and not tau_m > 1:
@@ -49,7 +51,7 @@ def kernel_weights(T: int, tau_s: float, *, dtype=torch.float64, device=None) ->
 
 
 def psp(x: torch.Tensor, tau_s: float) -> torch.Tensor:
-    """Synaptic filter y[t] = y[t-1] + (x[t] - y[t-1])/τs = λs·y[t-1] + x[t]/τs along dim 0 (§1.2)."""
+    """Synaptic filter y[t] = y[t-1] + (x[t] - y[t-1])/τs = λs·y[t-1] + x[t]/τs on dim 0 (§1.2)."""
     _check_params(x, tau_m=None, tau_s=tau_s)
     r_s = _const(1.0 / tau_s, x)
     y = torch.zeros_like(x[0])
@@ -109,8 +111,9 @@ def tsslbp_backward(
     """∂L/∂I from ∂L/∂a and the saved pre-reset membrane u (spec §2.1, equations B1-B4).
 
     s = u > V_th, v = u·(1−s), du[t] = u[t] − v[t−1] and the trace a are recomputed from u.
-    B1: G[t] = δ[t]/τs + λs·G[t+1]. B2: ρ = min(1/du, c_du) at spikes. B3: h[t] = ρ(G + (u/τm)h[t+1])
-    at spikes, λm·h[t+1] otherwise. B4: where a[t] < ϑ the output is σ'(z)/w·G instead of h.
+    B1: G[t] = δ[t]/τs + λs·G[t+1]. B2: ρ = min(1/du, c_du) at spikes.
+    B3: h[t] = ρ(G + (u/τm)h[t+1]) at spikes, λm·h[t+1] otherwise.
+    B4: where a[t] < ϑ the output is σ'(z)/w·G instead of h.
     """
     _check_params(membrane, tau_m=tau_m, tau_s=tau_s, threshold=threshold)
     if grad_trace.shape != membrane.shape:
@@ -193,7 +196,7 @@ def tsslbp(
     intra_neuron: bool = True,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """LIF layer: input current [T, N, ...] → output PSP trace, differentiable with TSSL-BP (§2.1)."""
+    """LIF layer: current [T, N, ...] → output PSP trace, differentiable with TSSL-BP (§2.1)."""
     _check_params(current, tau_m=tau_m, tau_s=tau_s, threshold=threshold)
     if not surrogate_width > 0:
         raise ValueError(f"surrogate_width must be > 0, got {surrogate_width}")
@@ -216,6 +219,15 @@ def tsslbp(
 from efficientdl.snn.losses import count_loss, kernel_loss, kernel_target, predict  # noqa: E402
 
 __all__ = [
-    "LIFStates", "count_loss", "kernel_loss", "kernel_target", "kernel_weights", "lif_states",
-    "predict", "psp", "static_encoding_factors", "tsslbp", "tsslbp_backward",
+    "LIFStates",
+    "count_loss",
+    "kernel_loss",
+    "kernel_target",
+    "kernel_weights",
+    "lif_states",
+    "predict",
+    "psp",
+    "static_encoding_factors",
+    "tsslbp",
+    "tsslbp_backward",
 ]

@@ -24,7 +24,9 @@ NEURON_OPTIONS = (
 def _check_options(options: dict) -> None:
     unknown = sorted(set(options) - set(NEURON_OPTIONS))
     if unknown:
-        raise ValueError(f"unknown TSSL-BP option {unknown[0]!r}; known: {', '.join(NEURON_OPTIONS)}")
+        raise ValueError(
+            f"unknown TSSL-BP option {unknown[0]!r}; known: {', '.join(NEURON_OPTIONS)}"
+        )
 
 
 def _fold(x: torch.Tensor) -> torch.Tensor:
@@ -39,7 +41,9 @@ def _unfold(x: torch.Tensor, T: int) -> torch.Tensor:
 
 def _check_time_first(x: torch.Tensor, dims: int, layer: str) -> None:
     if x.dim() != dims:
-        raise ValueError(f"{layer} expects a {dims}-D trace [T, N, ...], got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{layer} expects a {dims}-D trace [T, N, ...], got shape {tuple(x.shape)}"
+        )
 
 
 class TSSLBPNeuron(nn.Module):
@@ -106,7 +110,7 @@ class _SpikingSynapse(nn.Module):
 
 
 class SpikingConv2d(_SpikingSynapse):
-    """Conv2d (no bias, T folded into the batch) + TSSL-BP neuron: [T,N,Cin,H,W] → [T,N,Cout,H',W']."""
+    """Conv2d (no bias, T folded into the batch) + neuron: [T,N,Cin,H,W] → [T,N,Cout,H',W']."""
 
     def __init__(
         self,
@@ -177,7 +181,8 @@ class SpikingLinear(_SpikingSynapse):
         x = x.reshape(x.shape[0], -1)
         if x.shape[1] != self.in_features:
             raise ValueError(
-                f"SpikingLinear expects {self.in_features} input features per sample, got {x.shape[1]}"
+                f"SpikingLinear expects {self.in_features} input features per sample, "
+                f"got {x.shape[1]}"
             )
         return F.linear(x, self.weight)
 
@@ -191,7 +196,7 @@ class SpikingLinear(_SpikingSynapse):
 
 
 class SumPool2d(nn.Module):
-    """Non-spiking k×k sum pooling × `scale` on the trace (spec §1.3; 2×2 × 1.1 = 4.4 × avg pool)."""
+    """Non-spiking k×k sum pooling × `scale` on the trace (§1.3; 2×2 × 1.1 = 4.4 × avg pool)."""
 
     def __init__(self, kernel_size: int = 2, *, scale: float = 1.1):
         super().__init__()
@@ -239,7 +244,7 @@ class SpikingDropout(nn.Module):
 
 
 class PSPEncoder(nn.Module):
-    """Input encoding (§1.2): static [N, ...] repeated T times (T given) or [T, N, ...], then psp."""
+    """Input encoding (§1.2): static [N, ...] repeated T times (T given) or [T, N, ...]; psp."""
 
     def __init__(self, tau_s: float, T: int | None = None):
         super().__init__()

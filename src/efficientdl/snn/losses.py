@@ -18,7 +18,9 @@ def _pattern(name_or_bits, T: int) -> list[float]:
         elif name_or_bits == "paper":
             base = PATTERNS["paper"]
         else:
-            raise ValueError(f"pattern must be 'official', 'paper' or a 0/1 sequence, got {name_or_bits!r}")
+            raise ValueError(
+                f"pattern must be 'official', 'paper' or a 0/1 sequence, got {name_or_bits!r}"
+            )
     else:
         base = tuple(name_or_bits)
         if not base or any(b not in (0, 1) for b in base):

@@ -38,8 +38,16 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-BUILD_KEYS = ("T", "tau_m", "tau_s", "threshold", "backend", "dropout", "dropout_mask",
-              "fold_static_input") + NEURON_OPTIONS
+BUILD_KEYS = (
+    "T",
+    "tau_m",
+    "tau_s",
+    "threshold",
+    "backend",
+    "dropout",
+    "dropout_mask",
+    "fold_static_input",
+) + NEURON_OPTIONS
 
 
 def build(name: str, **overrides) -> SpikingNetwork:
@@ -49,9 +57,19 @@ def build(name: str, **overrides) -> SpikingNetwork:
         raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
     unknown = sorted(set(overrides) - set(BUILD_KEYS))
     if unknown:
-        raise ValueError(f"unknown override {unknown[0]!r} for build(); known: {', '.join(BUILD_KEYS)}")
-    opts = {"T": 5, "tau_m": 5.0, "tau_s": 3.0, "threshold": 1.0, "backend": "auto",
-            "dropout": 0.2, "dropout_mask": "neuron", "fold_static_input": True}
+        raise ValueError(
+            f"unknown override {unknown[0]!r} for build(); known: {', '.join(BUILD_KEYS)}"
+        )
+    opts = {
+        "T": 5,
+        "tau_m": 5.0,
+        "tau_s": 3.0,
+        "threshold": 1.0,
+        "backend": "auto",
+        "dropout": 0.2,
+        "dropout_mask": "neuron",
+        "fold_static_input": True,
+    }
     opts.update(_DEFAULTS[name])
     opts.update(overrides)
     neuron = {k: opts[k] for k in ("tau_m", "tau_s", "threshold", "backend")}
@@ -71,7 +89,9 @@ class _LayerFactory:
     mask: str
 
     def conv(self, cin, cout, k, padding=0, weight_scale=1.0):
-        return SpikingConv2d(cin, cout, k, padding=padding, weight_scale=weight_scale, **self.neuron)
+        return SpikingConv2d(
+            cin, cout, k, padding=padding, weight_scale=weight_scale, **self.neuron
+        )
 
     def fc(self, fin, fout, weight_scale=1.0):
         return SpikingLinear(fin, fout, weight_scale=weight_scale, **self.neuron)
@@ -86,7 +106,14 @@ class _LayerFactory:
 @register_model("mnist_cnn")
 def _mnist_cnn(f: _LayerFactory):
     """15C5-P2-40C5-P2-300-10 on 1×28×28."""
-    return [f.conv(1, 15, 5), f.pool(), f.conv(15, 40, 5), f.pool(), f.fc(640, 300), f.fc(300, 10)], True
+    return [
+        f.conv(1, 15, 5),
+        f.pool(),
+        f.conv(15, 40, 5),
+        f.pool(),
+        f.fc(640, 300),
+        f.fc(300, 10),
+    ], True
 
 
 @register_model("fmnist_mlp")
@@ -98,8 +125,14 @@ def _fmnist_mlp(f: _LayerFactory):
 @register_model("fmnist_cnn")
 def _fmnist_cnn(f: _LayerFactory):
     """32C5-P2-64C5-P2-1024-10 (padding 2) on 1×28×28."""
-    return [f.conv(1, 32, 5, 2), f.pool(), f.conv(32, 64, 5, 2), f.pool(),
-            f.fc(3136, 1024), f.fc(1024, 10)], True
+    return [
+        f.conv(1, 32, 5, 2),
+        f.pool(),
+        f.conv(32, 64, 5, 2),
+        f.pool(),
+        f.fc(3136, 1024),
+        f.fc(1024, 10),
+    ], True
 
 
 @register_model("nmnist_cnn", T=30, tau_m=8.0, tau_s=4.0)
@@ -112,9 +145,18 @@ def _cifar(f: _LayerFactory, ch, fcs):
     c1, c2, c3, c4, c5 = ch
     s = 5.0
     layers = [
-        f.conv(3, c1, 3, 1, s), f.drop(), f.conv(c1, c2, 3, 1, s), f.pool(), f.drop(),
-        f.conv(c2, c3, 3, 1, s), f.pool(), f.drop(), f.conv(c3, c4, 3, 1, s), f.drop(),
-        f.conv(c4, c5, 3, 1, s), f.drop(),
+        f.conv(3, c1, 3, 1, s),
+        f.drop(),
+        f.conv(c1, c2, 3, 1, s),
+        f.pool(),
+        f.drop(),
+        f.conv(c2, c3, 3, 1, s),
+        f.pool(),
+        f.drop(),
+        f.conv(c3, c4, 3, 1, s),
+        f.drop(),
+        f.conv(c4, c5, 3, 1, s),
+        f.drop(),
     ]
     sizes = [c5 * 8 * 8, *fcs]
     for i in range(len(fcs)):
@@ -178,14 +220,27 @@ class TSSLBPRecipe:
 
     def model_overrides(self) -> dict:
         """The keyword arguments `build()` gets from this recipe."""
-        keys = ("T", "tau_m", "tau_s", "threshold", "backend", "fold_static_input", "dropout",
-                "dropout_mask", "warmup_surrogate", "intra_neuron", "max_inv_du")
+        keys = (
+            "T",
+            "tau_m",
+            "tau_s",
+            "threshold",
+            "backend",
+            "fold_static_input",
+            "dropout",
+            "dropout_mask",
+            "warmup_surrogate",
+            "intra_neuron",
+            "max_inv_du",
+        )
         return {k: getattr(self, k) for k in keys}
 
     def validate(self) -> TSSLBPRecipe:
         """Raise ValueError naming the first bad field."""
         if self.model not in _REGISTRY:
-            raise ValueError(f"model: unknown {self.model!r}; registered: {', '.join(list_models())}")
+            raise ValueError(
+                f"model: unknown {self.model!r}; registered: {', '.join(list_models())}"
+            )
         if self.loss not in ("kernel", "count"):
             raise ValueError(f"loss: expected 'kernel' or 'count', got {self.loss!r}")
         for key in ("T", "batch_size", "epochs"):
@@ -204,10 +259,26 @@ _RECIPES = {
     "mnist_cnn": {},
     "fmnist_mlp": {"model": "fmnist_mlp", "dataset": "fashion-mnist", "batch_size": 100},
     "fmnist_cnn": {"model": "fmnist_cnn", "dataset": "fashion-mnist"},
-    "nmnist_cnn": {"model": "nmnist_cnn", "dataset": "nmnist", "T": 30, "tau_m": 8.0,
-                   "tau_s": 4.0, "loss": "count", "desired": 15.0, "undesired": 3.0},
-    "nmnist_cnn_t100": {"model": "nmnist_cnn", "dataset": "nmnist", "T": 100, "tau_m": 8.0,
-                        "tau_s": 4.0, "loss": "count", "desired": 50.0, "undesired": 10.0},
+    "nmnist_cnn": {
+        "model": "nmnist_cnn",
+        "dataset": "nmnist",
+        "T": 30,
+        "tau_m": 8.0,
+        "tau_s": 4.0,
+        "loss": "count",
+        "desired": 15.0,
+        "undesired": 3.0,
+    },
+    "nmnist_cnn_t100": {
+        "model": "nmnist_cnn",
+        "dataset": "nmnist",
+        "T": 100,
+        "tau_m": 8.0,
+        "tau_s": 4.0,
+        "loss": "count",
+        "desired": 50.0,
+        "undesired": 10.0,
+    },
     "cifar10_cnn1": {"model": "cifar10_cnn1", "dataset": "cifar10", "lr": 2e-4, "epochs": 150},
     "cifar10_cnn2": {"model": "cifar10_cnn2", "dataset": "cifar10", "lr": 2e-4, "epochs": 150},
 }

@@ -24,11 +24,15 @@ class SpikingNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         first = self.layers[0]
-        if self.fold_static_input and self.encoder.T is not None and isinstance(
-            first, SpikingConv2d | SpikingLinear
+        if (
+            self.fold_static_input
+            and self.encoder.T is not None
+            and isinstance(first, SpikingConv2d | SpikingLinear)
         ):
             # W ∗ (c[t]·x) = c[t]·(W ∗ x): one weight pass on N images, scaled per step.
-            c = static_encoding_factors(self.encoder.T, self.encoder.tau_s, dtype=x.dtype, device=x.device)
+            c = static_encoding_factors(
+                self.encoder.T, self.encoder.tau_s, dtype=x.dtype, device=x.device
+            )
             drive = first.synapse(x)
             current = c.reshape(-1, *([1] * drive.dim())) * drive
             out = first.neuron(current)
@@ -47,7 +51,7 @@ class SpikingNetwork(nn.Module):
 
     @torch.no_grad()
     def clamp_weights_(self, bound: float = 4.0) -> None:
-        """Clamp every conv/linear weight to [−bound, bound] in place (official, after each step)."""
+        """Clamp every conv/linear weight to [−bound, bound] in place (after each step)."""
         for layer in self.weight_layers():
             layer.weight.clamp_(-bound, bound)
 

@@ -32,10 +32,12 @@ def spike_raster(net, x: torch.Tensor) -> dict[str, torch.Tensor]:
     spikes: dict[str, torch.Tensor] = {}
 
     def hook(module, inputs, _output):
-        states = lif_states(inputs[0], tau_m=module.tau_m, tau_s=module.tau_s,
-                            threshold=module.threshold)
+        states = lif_states(
+            inputs[0], tau_m=module.tau_m, tau_s=module.tau_s, threshold=module.threshold
+        )
         spikes[names[module].removesuffix(".neuron")] = states.spikes[:, 0].reshape(
-            states.spikes.shape[0], -1)
+            states.spikes.shape[0], -1
+        )
 
     handles = [m.register_forward_hook(hook) for m in names]
     try:
@@ -103,7 +105,8 @@ def write_report(run_dir: str | Path) -> Path:
     (run_dir / "firing.json").write_text(json.dumps(firing.to_dict(), indent=2))
     rows = "\n".join(
         f"| {r['epoch']} | {r['train_loss']:.4f} | {100 * r['train_accuracy']:.2f} | "
-        f"{100 * r['test_accuracy']:.2f} | {r['epoch_seconds']:.1f} |" for r in history
+        f"{100 * r['test_accuracy']:.2f} | {r['epoch_seconds']:.1f} |"
+        for r in history
     )
     layers = "\n".join(
         f"| {layer.name} | {layer.neurons} | {100 * layer.rate:.2f} | "
@@ -113,10 +116,10 @@ def write_report(run_dir: str | Path) -> Path:
     text = f"""# TSSL-BP run: {recipe.model} on {recipe.dataset}
 
 T = {recipe.T}, τm = {recipe.tau_m}, τs = {recipe.tau_s}, batch {recipe.batch_size}, lr {recipe.lr},
-seed {summary['seed']}, {summary['train_samples']} training / {summary['test_samples']} test images.
+seed {summary["seed"]}, {summary["train_samples"]} training / {summary["test_samples"]} test images.
 
-**Final-epoch test accuracy: {100 * summary['final_test_accuracy']:.2f} %**;
-best over epochs: {100 * summary['best_test_accuracy']:.2f} % (max of test accuracy, as the paper).
+**Final-epoch test accuracy: {100 * summary["final_test_accuracy"]:.2f} %**;
+best over epochs: {100 * summary["best_test_accuracy"]:.2f} % (max of test accuracy, as the paper).
 
 | epoch | train loss (sum/sample) | train acc % | test acc % | seconds |
 |---|---|---|---|---|

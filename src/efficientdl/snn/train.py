@@ -38,7 +38,10 @@ def unwrap(model) -> SpikingNetwork:
 def make_optimizer(model: torch.nn.Module, recipe: TSSLBPRecipe) -> torch.optim.Optimizer:
     """AdamW(lr, betas (0.9, 0.999), eps 1e-8, decoupled weight decay) on all weights (§5)."""
     return torch.optim.AdamW(
-        model.parameters(), lr=recipe.lr, betas=(0.9, 0.999), eps=1e-8,
+        model.parameters(),
+        lr=recipe.lr,
+        betas=(0.9, 0.999),
+        eps=1e-8,
         weight_decay=recipe.weight_decay,
     )
 
@@ -46,8 +49,13 @@ def make_optimizer(model: torch.nn.Module, recipe: TSSLBPRecipe) -> torch.optim.
 def compute_loss(output: torch.Tensor, labels: torch.Tensor, recipe: TSSLBPRecipe) -> torch.Tensor:
     """The recipe's sum-reduced kernel or count loss."""
     if recipe.loss == "kernel":
-        return kernel_loss(output, labels, tau_s=recipe.tau_s, pattern=recipe.pattern,
-                           target_filter_passes=recipe.target_filter_passes)
+        return kernel_loss(
+            output,
+            labels,
+            tau_s=recipe.tau_s,
+            pattern=recipe.pattern,
+            target_filter_passes=recipe.target_filter_passes,
+        )
     return count_loss(output, labels, desired=recipe.desired, undesired=recipe.undesired)
 
 
@@ -75,9 +83,18 @@ def _batches(n: int, batch_size: int, perm: torch.Tensor | None = None):
 
 
 @torch.inference_mode()
-def evaluate(model, dataset, recipe: TSSLBPRecipe, *, device, indices=None,
-             ctx: DistContext = DistContext(), progress: bool = False) -> dict:
+def evaluate(
+    model,
+    dataset,
+    recipe: TSSLBPRecipe,
+    *,
+    device,
+    indices=None,
+    ctx: DistContext | None = None,
+    progress: bool = False,
+) -> dict:
     """Test accuracy and mean loss per sample over `dataset` (sharded across DDP ranks)."""
+    ctx = ctx or DistContext()
     net = unwrap(model)
     net.eval()
     indices = torch.arange(len(dataset)) if indices is None else indices
@@ -125,17 +142,33 @@ def _load_data(recipe: TSSLBPRecipe, data_root):
 
 
 def _save(path, net, optimizer, recipe, *, epoch, step, history_len, best, seed, sums=None):
-    save_checkpoint(path, {
-        "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-        "epoch": epoch, "step": step, "history_len": history_len, "best": best,
-        "epoch_sums": None if sums is None else sums.cpu(),
-        "seed": seed, "recipe": to_dict(recipe), "rng": rng_state(),
-    })
+    save_checkpoint(
+        path,
+        {
+            "model": net.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch,
+            "step": step,
+            "history_len": history_len,
+            "best": best,
+            "epoch_sums": None if sums is None else sums.cpu(),
+            "seed": seed,
+            "recipe": to_dict(recipe),
+            "rng": rng_state(),
+        },
+    )
 
 
-def fit(recipe: TSSLBPRecipe, data_root: str | None = None, run_dir: str | Path | None = None,
-        seed: int | None = None, *, resume: bool = False, progress: bool = True,
-        datasets=None) -> dict:
+def fit(
+    recipe: TSSLBPRecipe,
+    data_root: str | None = None,
+    run_dir: str | Path | None = None,
+    seed: int | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    datasets=None,
+) -> dict:
     """Train `recipe` (§5) with per-epoch test evaluation; resumable from `run_dir/checkpoint.pt`.
 
     Launched under torchrun, each process takes its share of every global batch (DDP, gloo on CPU,
@@ -182,21 +215,40 @@ def fit(recipe: TSSLBPRecipe, data_root: str | None = None, run_dir: str | Path 
             sums += resumed_sums.to(device)
             resumed_sums = None
         epoch_start = time.time()
-        bar = tqdm(range(start_step, len(batches)), desc=f"epoch {epoch + 1}/{recipe.epochs}",
-                   disable=not (progress and ctx.is_main), leave=False)
+        bar = tqdm(
+            range(start_step, len(batches)),
+            desc=f"epoch {epoch + 1}/{recipe.epochs}",
+            disable=not (progress and ctx.is_main),
+            leave=False,
+        )
         for step in bar:
             idx = batches[step][ctx.rank :: ctx.world_size]
             x, y = train_set.get_batch(idx, _batch_generator(seed, epoch, step))
             x, y = x.to(device), y.to(device)
             out = train_step(model, optimizer, x, y, recipe, loss_scale=float(ctx.world_size))
-            sums += torch.stack([out["loss"].double(), out["correct"].double(),
-                                 torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
+            sums += torch.stack(
+                [
+                    out["loss"].double(),
+                    out["correct"].double(),
+                    torch.tensor(float(len(y)), dtype=torch.float64, device=device),
+                ]
+            )
             if (step + 1) % recipe.checkpoint_every == 0:
                 snapshot = all_reduce_sum(sums.clone(), ctx)
                 _check_finite(snapshot[0], epoch, step)
                 if ctx.is_main:
-                    _save(ckpt_path, net, optimizer, recipe, epoch=epoch, step=step + 1,
-                          history_len=len(logger.history), best=best, seed=seed, sums=snapshot)
+                    _save(
+                        ckpt_path,
+                        net,
+                        optimizer,
+                        recipe,
+                        epoch=epoch,
+                        step=step + 1,
+                        history_len=len(logger.history),
+                        best=best,
+                        seed=seed,
+                        sums=snapshot,
+                    )
         start_step = 0
         all_reduce_sum(sums, ctx)
         _check_finite(sums[0], epoch, len(batches))
@@ -207,23 +259,42 @@ def fit(recipe: TSSLBPRecipe, data_root: str | None = None, run_dir: str | Path 
             "epoch": epoch + 1,
             "train_loss": sums[0].item() / max(sums[2].item(), 1),
             "train_accuracy": sums[1].item() / max(sums[2].item(), 1),
-            "test_loss": test["loss"], "test_accuracy": test["accuracy"],
-            "best_test_accuracy": best, "epoch_seconds": time.time() - epoch_start,
+            "test_loss": test["loss"],
+            "test_accuracy": test["accuracy"],
+            "best_test_accuracy": best,
+            "epoch_seconds": time.time() - epoch_start,
             "train_seconds": train_time,
         }
         if ctx.is_main:
             logger.log(record)
-            _save(ckpt_path, net, optimizer, recipe, epoch=epoch + 1, step=0,
-                  history_len=len(logger.history), best=best, seed=seed)
+            _save(
+                ckpt_path,
+                net,
+                optimizer,
+                recipe,
+                epoch=epoch + 1,
+                step=0,
+                history_len=len(logger.history),
+                best=best,
+                seed=seed,
+            )
             if progress:
-                tqdm.write(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} "
-                           f"acc {record['train_accuracy']:.4f} | test acc {test['accuracy']:.4f}")
+                tqdm.write(
+                    f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} "
+                    f"acc {record['train_accuracy']:.4f} | test acc {test['accuracy']:.4f}"
+                )
     summary = {
-        "model": recipe.model, "dataset": recipe.dataset, "seed": seed, "epochs": recipe.epochs,
+        "model": recipe.model,
+        "dataset": recipe.dataset,
+        "seed": seed,
+        "epochs": recipe.epochs,
         "final_test_accuracy": logger.history[-1]["test_accuracy"] if logger.history else None,
-        "best_test_accuracy": best, "run_dir": str(run_dir),
+        "best_test_accuracy": best,
+        "run_dir": str(run_dir),
         "wall_seconds_this_session": time.time() - started,
-        "train_samples": len(train_idx), "test_samples": len(test_idx), "world_size": ctx.world_size,
+        "train_samples": len(train_idx),
+        "test_samples": len(test_idx),
+        "world_size": ctx.world_size,
     }
     if ctx.is_main:
         (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
