@@ -1,4 +1,4 @@
-"""IDX files, MNIST (pickle, wheel, IDX), Fashion-MNIST, data cache, registry — on generated files."""
+"""IDX, MNIST (pickle, wheel, IDX), Fashion-MNIST, data cache and registry, on generated files."""
 
 import gzip
 import pickle
