@@ -1,9 +1,6 @@
 """CIFAR-10 batches and augmentation, N-MNIST events and the official frame pipeline."""
 
-import io
 import math
-import pickle
-import struct
 
 import numpy as np
 import pytest
@@ -25,22 +22,7 @@ from efficientdl.data import (
     read_events,
 )
 from efficientdl.data.nmnist import frame_index, saccade_shift, stabilize
-
-
-class Py2Pickler(pickle._Pickler):
-    """Protocol-2 pickler writing `bytes` as Python 2 `str`, as in the real CIFAR batches."""
-
-    dispatch = dict(pickle._Pickler.dispatch)
-
-    def save_py2_str(self, obj):
-        if len(obj) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = save_py2_str
-
+from py2pickle import py2_pickle
 
 MEAN = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
@@ -70,9 +52,7 @@ def cifar_root(tmp_path):
             b"data": cifar_rows(2, 2 * b),
             b"filenames": [b"a.png", b"b.png"],
         }
-        buf = io.BytesIO()
-        Py2Pickler(buf, protocol=2).dump(batch)
-        (folder / name).write_bytes(buf.getvalue())
+        (folder / name).write_bytes(py2_pickle(batch))
     return tmp_path
 
 
@@ -135,8 +115,9 @@ def test_augment_each_sample_is_some_crop_and_flip():
             for t in range(9)
             for l in range(9)
             for f in (False, True)
-            if torch.allclose(out[i], reference_augment(raw[i : i + 1], [t], [l], [f])[0],
-                              atol=1e-5)
+            if torch.allclose(
+                out[i], reference_augment(raw[i : i + 1], [t], [l], [f])[0], atol=1e-5
+            )
         ]
         assert len(hits) == 1
         seen.add(hits[0])
@@ -154,8 +135,9 @@ def test_augment_statistics_and_determinism(cifar_root):
     marker[:, :, :, 0] = 1.0  # left column marked; flips move it to the right
     flipped = random_crop_flip(marker, torch.Generator().manual_seed(1), padding=0)
     frac = flipped[:, 0, 0, 3].mean()
-    assert 0.45 < frac < 0.55 and torch.equal(flipped[:, 0, 0, 0] + flipped[:, 0, 0, 3],
-                                              torch.ones(2000))
+    assert 0.45 < frac < 0.55 and torch.equal(
+        flipped[:, 0, 0, 0] + flipped[:, 0, 0, 3], torch.ones(2000)
+    )
     train = load_cifar10("train", root=cifar_root)
     a = train.get_batch(torch.arange(10), torch.Generator().manual_seed(5))[0]
     b = train.get_batch(torch.arange(10), torch.Generator().manual_seed(5))[0]
@@ -261,8 +243,12 @@ def test_frames_match_per_event_reference(T, binning):
     ts = np.sort(rng.integers(0, 320000, n))
     ts[:5] = 0
     ts[5:40] = rng.choice([3000, 6000, 7500, 15000, 105000, 210000], 35)
-    ev = {"x": rng.integers(0, 34, n), "y": rng.integers(0, 34, n),
-          "polarity": rng.integers(0, 2, n), "ts": ts}
+    ev = {
+        "x": rng.integers(0, 34, n),
+        "y": rng.integers(0, 34, n),
+        "polarity": rng.integers(0, 2, n),
+        "ts": ts,
+    }
     torch.testing.assert_close(events_to_frames(ev, T, binning), reference_frames(ev, T, binning))
 
 
@@ -273,9 +259,15 @@ def nmnist_root(tmp_path):
         for j, d in enumerate(digits):
             folder = tmp_path / split / str(d)
             folder.mkdir(parents=True, exist_ok=True)
-            rows = [encode(int(rng.integers(0, 34)), int(rng.integers(0, 34)),
-                           int(rng.integers(0, 2)), int(t))
-                    for t in np.sort(rng.integers(0, 300000, 50))]
+            rows = [
+                encode(
+                    int(rng.integers(0, 34)),
+                    int(rng.integers(0, 34)),
+                    int(rng.integers(0, 2)),
+                    int(t),
+                )
+                for t in np.sort(rng.integers(0, 300000, 50))
+            ]
             (folder / f"{j:05d}.bin").write_bytes(b"".join(rows))
     return tmp_path
 

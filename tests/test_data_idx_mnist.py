@@ -24,27 +24,7 @@ from efficientdl.data import (
 )
 from efficientdl.data import fashion_mnist as fashion_module
 from efficientdl.data.idx import IMAGE_MAGIC, LABEL_MAGIC
-
-
-class Py2Pickler(pickle._Pickler):
-    """Protocol-2 pickler writing `bytes` as Python 2 `str` (BINSTRING), like the real file."""
-
-    dispatch = dict(pickle._Pickler.dispatch)
-
-    def save_py2_str(self, obj):
-        if len(obj) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = save_py2_str
-
-
-def py2_pickle(obj) -> bytes:
-    buf = __import__("io").BytesIO()
-    Py2Pickler(buf, protocol=2).dump(obj)
-    return buf.getvalue()
+from py2pickle import py2_pickle
 
 
 def fake_mnist_bytes(seed=0, sizes=(5, 3, 4)):
@@ -157,8 +137,9 @@ def test_mnist_pickle_times_256_rule_and_merge_order(tmp_path):
     assert test.labels.tolist() == [8, 9, 0, 1]
     raw = load_mnist("train", root=tmp_path, normalize="none").images
     assert raw[:, 0, 0, 0].eq(1.0).all() and raw[:, 0, 0, 1].eq(0.0).all()  # 255/256 → 1.0
-    assert torch.equal(torch.round(raw * 255).to(torch.uint8).reshape(8, 784),
-                       torch.from_numpy(merged))
+    assert torch.equal(
+        torch.round(raw * 255).to(torch.uint8).reshape(8, 784), torch.from_numpy(merged)
+    )
 
 
 def test_mnist_from_wheel_file_or_folder(tmp_path):
@@ -282,8 +263,9 @@ def test_data_home(monkeypatch, tmp_path):
 
 def test_registry_errors_and_available(fashion_root):
     root, _ = fashion_root
-    with pytest.raises(ValueError, match="unknown dataset 'imagenet'.*cifar10, fashion-mnist, "
-                       "mnist, nmnist"):
+    with pytest.raises(
+        ValueError, match="unknown dataset 'imagenet'.*cifar10, fashion-mnist, mnist, nmnist"
+    ):
         get_dataset("imagenet", "train")
     with pytest.raises(ValueError, match="split"):
         get_dataset("mnist", "validation")

@@ -40,7 +40,14 @@ class Crash(Exception):
     pass
 
 
-def test_resume_after_crash_equals_uninterrupted_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "crash_at, checkpoint",
+    [
+        (6, (1, 0)),  # 2nd step of epoch 2: resume from the end-of-epoch-1 checkpoint
+        (8, (1, 3)),  # 4th step of epoch 2: resume mid-epoch, after its 3rd step
+    ],
+)
+def test_resume_after_crash_equals_uninterrupted_run(tmp_path, monkeypatch, crash_at, checkpoint):
     full = train_module.fit(
         _cifar_recipe(None), run_dir=tmp_path / "full", datasets=_data(), progress=False
     )
@@ -48,7 +55,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, monkeypatch):
 
     def crashing_step(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 6:  # second step of epoch 2, before its first checkpoint (step 3)
+        if calls["n"] == crash_at:
             raise Crash
         return real_step(*args, **kwargs)
 
@@ -58,7 +65,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, monkeypatch):
             _cifar_recipe(None), run_dir=tmp_path / "cut", datasets=_data(), progress=False
         )
     state = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
-    assert (state["epoch"], state["step"]) == (1, 0)  # epoch 1 done (4 steps), crash in epoch 2
+    assert (state["epoch"], state["step"]) == checkpoint
     monkeypatch.setattr(train_module, "train_step", real_step)
     resumed = train_module.fit(
         _cifar_recipe(None), run_dir=tmp_path / "cut", datasets=_data(), progress=False, resume=True
@@ -71,37 +78,6 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, monkeypatch):
     strip = lambda h: [{k: v for k, v in r.items() if "seconds" not in k} for r in h]  # noqa: E731
     assert strip(hist_a) == strip(hist_b)
     assert full["final_test_accuracy"] == resumed["final_test_accuracy"]
-
-
-def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path, monkeypatch):
-    train_module.fit(
-        _cifar_recipe(None), run_dir=tmp_path / "full", datasets=_data(), progress=False
-    )
-    real_step, calls = train_module.train_step, {"n": 0}
-
-    def crashing_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 8:  # epoch 2 has 4 steps; checkpoint after its 3rd step (global step 7)
-            raise Crash
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_step", crashing_step)
-    with pytest.raises(Crash):
-        train_module.fit(
-            _cifar_recipe(None), run_dir=tmp_path / "cut", datasets=_data(), progress=False
-        )
-    state = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
-    assert (state["epoch"], state["step"]) == (1, 3)
-    monkeypatch.setattr(train_module, "train_step", real_step)
-    train_module.fit(
-        _cifar_recipe(None), run_dir=tmp_path / "cut", datasets=_data(), progress=False, resume=True
-    )
-    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["model"]
-    b = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    hist_a = json.loads((tmp_path / "full" / "metrics.json").read_text())
-    hist_b = json.loads((tmp_path / "cut" / "metrics.json").read_text())
-    assert [r["train_loss"] for r in hist_a] == [r["train_loss"] for r in hist_b]
 
 
 def test_nan_loss_is_a_clear_error(tmp_path):
