@@ -27,7 +27,7 @@ demo: setup
 	@echo "report: $(RUN_DIR)/snn/report.md"
 
 test: setup-dev
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 clean:
