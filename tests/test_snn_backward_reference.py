@@ -79,7 +79,7 @@ OPTION_SETS = [
 
 
 @pytest.mark.parametrize("options", OPTION_SETS)
-@pytest.mark.parametrize("backend", ["torch", "auto"])
+@pytest.mark.parametrize("backend", ["torch", "fused", "auto"])
 def test_backward_matches_slow_reference(options, backend):
     current, delta = random_case()
     I = current.clone().requires_grad_()

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "fused", "triton")
 
 
 class LIFStates(NamedTuple):
@@ -89,9 +89,10 @@ def lif_states(current: torch.Tensor, *, tau_m: float, tau_s: float, threshold: 
         return LIFStates(torch.stack(traces), torch.stack(spikes), torch.stack(membranes))
 
 
-def _sigmoid_grad(z: torch.Tensor) -> torch.Tensor:
-    """σ'(z) = e^(−z)/(1 + e^(−z))², evaluated stably as σ(z)·σ(−z)."""
-    return torch.sigmoid(z) * torch.sigmoid(-z)
+def _surrogate(membrane: torch.Tensor, th, inv_w, clip: float) -> torch.Tensor:
+    """B4's σ'(z)/w with z = clip((u − V_th)/w); σ'(z) = e^(−z)/(1 + e^(−z))² = σ(z)·σ(−z)."""
+    z = ((membrane - th) * inv_w).clamp(-clip, clip)
+    return torch.sigmoid(z) * torch.sigmoid(-z) * inv_w
 
 
 def tsslbp_backward(
@@ -142,8 +143,7 @@ def tsslbp_backward(
             a = a + (sf[t] - a) * r_s
             quiet.append(a < theta)
         quiet = torch.stack(quiet)
-        z = ((membrane - th) * inv_w).clamp(-surrogate_clip, surrogate_clip)
-        surrogate = _sigmoid_grad(z) * inv_w
+        surrogate = _surrogate(membrane, th, inv_w, surrogate_clip)
 
     grad_in = torch.empty_like(membrane)
     G = torch.zeros_like(membrane[0])
@@ -156,7 +156,25 @@ def tsslbp_backward(
     return grad_in
 
 
+def _constants(tau_m, tau_s, threshold, options) -> dict:
+    """Scalars of the backward (python floats; the kernels round them once to the dtype)."""
+    warmup_trace = options["warmup_trace"]
+    return {
+        "r_m": 1.0 / tau_m,
+        "r_s": 1.0 / tau_s,
+        "lam_m": 1.0 - 1.0 / tau_m,
+        "lam_s": 1.0 - 1.0 / tau_s,
+        "th": threshold,
+        "theta": 1.0 / (4.0 * tau_s) if warmup_trace is None else warmup_trace,
+        "inv_w": 1.0 / options["surrogate_width"],
+        "clip": options["surrogate_clip"],
+        "max_inv_du": options["max_inv_du"],
+    }
+
+
 class _TSSLBP(torch.autograd.Function):
+    """Reference path: vectorised Python loops over T (saves u only)."""
+
     @staticmethod
     def forward(ctx, current, params: dict, options: dict):
         states = lif_states(current, **params)
@@ -171,15 +189,64 @@ class _TSSLBP(torch.autograd.Function):
         return grad, None, None
 
 
+class _TSSLBPFused(torch.autograd.Function):
+    """Fused path: one kernel for the forward and one for the backward, on [T, M] views."""
+
+    @staticmethod
+    def forward(ctx, current, params: dict, options: dict):
+        from efficientdl.snn import cpu_kernels, fused
+
+        shape, dtype = current.shape, current.dtype
+        work = current.to(torch.float64 if dtype == torch.float64 else torch.float32)
+        work = work.reshape(shape[0], -1).contiguous()
+        c = _constants(params["tau_m"], params["tau_s"], params["threshold"], options)
+        if work.is_cuda:
+            one = torch.ones((), dtype=work.dtype, device=work.device)
+            trace, membrane = fused.kernels()[0](
+                work, one * c["r_m"], one * c["r_s"], one * c["th"]
+            )
+        else:
+            trace, membrane = cpu_kernels.forward(work, c["r_m"], c["r_s"], c["th"])
+        ctx.constants, ctx.options, ctx.shape = c, options, shape
+        ctx.save_for_backward(membrane)
+        return trace.reshape(shape).to(dtype)
+
+    @staticmethod
+    def backward(ctx, grad_trace):
+        from efficientdl.snn import cpu_kernels, fused
+
+        (membrane,) = ctx.saved_tensors
+        grad = grad_trace.to(membrane.dtype).reshape(membrane.shape).contiguous()
+        c, options = ctx.constants, ctx.options
+        warmup, intra = options["warmup_surrogate"], options["intra_neuron"]
+        if membrane.is_cuda:
+            out = fused.kernels()[1](grad, membrane, c, warmup, intra)
+        else:
+            out = cpu_kernels.backward(grad, membrane, c, warmup, intra)
+        return out.reshape(ctx.shape).to(grad_trace.dtype), None, None
+
+
 def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
-    """The backend that will run: 'auto' picks 'torch' (the fused GPU path is a separate issue)."""
+    """The path that will run, 'torch' or 'fused'.
+
+    'fused' = compiled kernels (C/OpenMP on CPU, torch.compile → Triton on CUDA); 'triton' = the
+    fused path on a CUDA tensor; 'auto' = fused when its kernels build on this device, else the
+    torch reference (no error).
+    """
+    from efficientdl.snn import fused
+
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "triton":
-        raise NotImplementedError(
-            "backend='triton' is not available in this version; use backend='torch' or 'auto'"
-        )
-    return "torch"
+    if backend == "torch":
+        return "torch"
+    if backend == "triton" and tensor.device.type != "cuda":
+        raise ValueError(f"backend='triton' needs a CUDA tensor, got device {tensor.device}")
+    ok, why = fused.available(tensor.device.type)
+    if ok:
+        return "fused"
+    if backend == "auto":
+        return "torch"
+    raise RuntimeError(f"backend={backend!r} is not available on {tensor.device.type}: {why}")
 
 
 def tsslbp(
@@ -202,7 +269,7 @@ def tsslbp(
         raise ValueError(f"surrogate_width must be > 0, got {surrogate_width}")
     if not max_inv_du > 0 or math.isnan(max_inv_du):
         raise ValueError(f"max_inv_du must be > 0, got {max_inv_du}")
-    resolve_backend(backend, current)
+    path = resolve_backend(backend, current)
     params = {"tau_m": tau_m, "tau_s": tau_s, "threshold": threshold}
     options = {
         "warmup_surrogate": warmup_surrogate,
@@ -212,6 +279,13 @@ def tsslbp(
         "max_inv_du": max_inv_du,
         "intra_neuron": intra_neuron,
     }
+    if path == "fused" and current.dtype in (
+        torch.float32,
+        torch.float64,
+        torch.float16,
+        torch.bfloat16,
+    ):
+        return _TSSLBPFused.apply(current, params, options)
     return _TSSLBP.apply(current, params, options)
 
 
