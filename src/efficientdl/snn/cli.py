@@ -38,6 +38,11 @@ def register(sub) -> None:
     stats.add_argument("--run-dir", required=True)
     stats.add_argument("--batches", type=int, default=10)
     stats.set_defaults(func=_stats)
+    bench = actions.add_parser("bench", help="training-step speed vs the ANN floor (issue 4)")
+    bench.set_defaults(func=_bench)
+    from efficientdl.snn.bench import add_arguments
+
+    add_arguments(bench)
 
 
 def _recipe(args):
@@ -90,4 +95,11 @@ def _stats(args) -> int:
     recipe, net, (_, test_set) = _load_run(args.run_dir)
     report = firing_on_test(net, test_set, recipe, batches=args.batches)
     print(json.dumps(report.to_dict(), indent=2))
+    return 0
+
+
+def _bench(args) -> int:
+    from efficientdl.snn.bench import run
+
+    run(args)
     return 0

@@ -1,0 +1,245 @@
+"""TSSL-BP training-step speed vs the ANN floor, measured side by side in one run (issue 4).
+
+For each paper network: one full step (forward, kernel/count loss, backward, clip, AdamW, clamp) of
+our network with the fused backend, the same with the torch reference backend, and the "floor":
+the same conv/linear/pool/dropout layers with ReLU instead of the neuron and T folded into the batch
+(B·T images), same loss, clip, AdamW and clamp. Also the neuron alone (forward + backward).
+
+    python benchmarks/snn_speed.py                       # CPU: mnist_cnn, fmnist_cnn, 2 threads
+    python benchmarks/snn_speed.py --device cuda --nets all
+    efficientdl snn bench [same options]
+Prints a table and writes JSON (default benchmarks/snn_speed.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from efficientdl.snn import SpikingConv2d, SpikingDropout, SpikingLinear, SumPool2d, tsslbp
+from efficientdl.snn.models import build, list_models, recipe
+from efficientdl.snn.train import compute_loss, make_optimizer, train_step
+
+INPUT = {
+    "mnist_cnn": (1, 28, 28),
+    "fmnist_mlp": (1, 28, 28),
+    "fmnist_cnn": (1, 28, 28),
+    "nmnist_cnn": (2, 34, 34),
+    "cifar10_cnn1": (3, 32, 32),
+    "cifar10_cnn2": (3, 32, 32),
+}
+
+
+class FloorNet(nn.Module):
+    """The spiking network's layers as a ReLU ANN on [B·T, ...] inputs (the cost floor)."""
+
+    def __init__(self, net):
+        super().__init__()
+        layers = []
+        for layer in net.layers:
+            if isinstance(layer, SpikingConv2d):
+                conv = nn.Conv2d(
+                    layer.in_channels,
+                    layer.out_channels,
+                    layer.kernel_size,
+                    stride=layer.stride,
+                    padding=layer.padding,
+                    bias=False,
+                )
+                layers += [conv, nn.ReLU()]
+            elif isinstance(layer, SpikingLinear):
+                layers += [
+                    nn.Flatten(),
+                    nn.Linear(layer.in_features, layer.out_features, bias=False),
+                    nn.ReLU(),
+                ]
+            elif isinstance(layer, SumPool2d):
+                layers.append(_Pool(layer.kernel_size, layer.scale))
+            elif isinstance(layer, SpikingDropout):
+                layers.append(nn.Dropout(layer.p))
+        self.layers = nn.Sequential(*layers)
+
+    def clamp_weights_(self, bound):
+        with torch.no_grad():
+            for p in self.parameters():
+                p.clamp_(-bound, bound)
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class _Pool(nn.Module):
+    def __init__(self, k, scale):
+        super().__init__()
+        self.k, self.scale = k, scale
+
+    def forward(self, x):
+        return F.avg_pool2d(x, self.k, divisor_override=1) * self.scale
+
+
+def floor_step(model, optimizer, x, y, r, T):
+    """One ANN step with the same loss, clip, AdamW and clamp; x is [B·T, ...]."""
+    optimizer.zero_grad(set_to_none=True)
+    out = model(x)
+    loss = compute_loss(out.reshape(T, -1, out.shape[-1]), y, r)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), r.grad_clip, foreach=True)
+    optimizer.step()
+    model.clamp_weights_(r.weight_clamp)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timeit(fns: dict, device, *, warmup, iters) -> dict:
+    """Median milliseconds of each `fns[name]()`, calls interleaved round-robin so that load
+    from other processes affects every variant alike (the ratios stay fair)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    times = {name: [] for name in fns}
+    for _ in range(iters):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(1000 * (time.perf_counter() - start))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def peak_mib(fn, device):
+    """Peak allocated GPU memory of one call (None on CPU)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    _sync(device)
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def bench_network(name, device, batch, warmup, iters):
+    """Times of our step (fused, torch) and the floor for one network."""
+    torch.manual_seed(0)
+    shape = INPUT[name]
+    r = recipe(name.replace("_t100", ""), device=device.type)
+    T = r.T
+    if name == "nmnist_cnn":
+        x = (torch.rand(T, batch, *shape, device=device) < 0.1).float()
+        x_floor = x.reshape(T * batch, *shape)
+    else:
+        x = torch.randn(batch, *shape, device=device)
+        x_floor = x.unsqueeze(0).expand(T, *x.shape).reshape(T * batch, *shape)
+    y = torch.randint(0, 10, (batch,), device=device)
+    row = {"network": name, "batch": batch, "T": T}
+    steps = {}
+    for backend in ("fused", "torch"):
+        net = build(name, backend=backend).to(device)
+        steps[backend] = functools.partial(train_step, net, make_optimizer(net, r), x, y, r)
+    floor = FloorNet(build(name)).to(device)
+    steps["floor"] = functools.partial(
+        floor_step, floor, make_optimizer(floor, r), x_floor, y, r, T
+    )
+    for key, ms in timeit(steps, device, warmup=warmup, iters=iters).items():
+        row[f"{key}_ms"] = ms
+        row[f"{key}_peak_mib"] = peak_mib(steps[key], device)
+    row["fused_over_floor"] = row["fused_ms"] / row["floor_ms"]
+    row["torch_over_fused"] = row["torch_ms"] / row["fused_ms"]
+    row["fused_img_per_s"] = 1000 * batch / row["fused_ms"]
+    return row
+
+
+def _neuron_step(current, grad, backend):
+    tsslbp(current, tau_m=5.0, tau_s=3.0, threshold=1.0, backend=backend).backward(grad)
+
+
+def bench_neuron(device, T, neurons, warmup, iters):
+    """Forward + backward of the neuron alone on [T, 64, neurons] fp32, both backends."""
+    current = (torch.rand(T, 64, neurons, device=device) * 1.5).requires_grad_()
+    grad = torch.randn_like(current)
+    row = {"T": T, "shape": [T, 64, neurons]}
+    fns = {b: functools.partial(_neuron_step, current, grad, b) for b in ("fused", "torch")}
+    for key, ms in timeit(fns, device, warmup=warmup, iters=iters).items():
+        row[f"{key}_ms"] = ms
+    row["torch_over_fused"] = row["torch_ms"] / row["fused_ms"]
+    return row
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmark's options (shared by benchmarks/snn_speed.py and `efficientdl snn bench`)."""
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--nets",
+        default=None,
+        help="comma list or 'all' (CPU default: the MNIST "
+        "and Fashion-MNIST CNNs; GPU default: all)",
+    )
+    parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument(
+        "--neurons",
+        type=int,
+        default=None,
+        help="neuron benchmark width (default 65536 on GPU, 4096 on CPU)",
+    )
+    parser.add_argument("--out", default="benchmarks/snn_speed.json")
+
+
+def run(args) -> dict:
+    """Run the benchmark for parsed `args`; print the table, write and return the JSON."""
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    if args.nets in (None, "") and device.type == "cpu":
+        nets = ["mnist_cnn", "fmnist_cnn"]
+    elif args.nets in (None, "", "all"):
+        nets = list_models()
+    else:
+        nets = args.nets.split(",")
+    neurons = args.neurons or (65536 if device.type == "cuda" else 4096)
+    rows = [bench_network(n, device, args.batch, args.warmup, args.iters) for n in nets]
+    neuron_rows = [
+        bench_neuron(device, T, neurons, args.warmup, args.iters) for T in (4, 8, 16, 32)
+    ]
+    print(
+        f"\ndevice {device} ({platform.processor() or platform.machine()}), "
+        f"threads {torch.get_num_threads()}, torch {torch.__version__}"
+    )
+    print(
+        f"{'network':14s} {'fused ms':>9s} {'torch ms':>9s} {'floor ms':>9s} "
+        f"{'fused/floor':>11s} {'torch/fused':>11s} {'img/s':>8s}"
+    )
+    for r in rows:
+        print(
+            f"{r['network']:14s} {r['fused_ms']:9.2f} {r['torch_ms']:9.2f} {r['floor_ms']:9.2f} "
+            f"{r['fused_over_floor']:11.2f} {r['torch_over_fused']:11.2f} "
+            f"{r['fused_img_per_s']:8.0f}"
+        )
+    print(f"\nneuron alone, fwd+bwd, [T, 64, {neurons}] fp32")
+    for r in neuron_rows:
+        print(
+            f"T={r['T']:<3d} fused {r['fused_ms']:8.3f} ms  torch {r['torch_ms']:8.3f} ms  "
+            f"x{r['torch_over_fused']:.1f}"
+        )
+    result = {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "networks": rows,
+        "neuron": neuron_rows,
+    }
+    with open(args.out, "w") as handle:
+        json.dump(result, handle, indent=2)
+    print(f"\nwrote {args.out}")
+    return result
