@@ -21,10 +21,13 @@ setup-dev: $(BIN)/python
 	$(BIN)/pip install "$(TORCH)"
 	$(BIN)/pip install -e ".[dev]"
 
+DEMO_PARTS := $(RUN_DIR)/snn
+
 demo: setup
 	$(BIN)/efficientdl data fetch mnist
+	rm -rf $(DEMO_PARTS)
 	$(BIN)/efficientdl snn train --config configs/snn/demo.yaml --run-dir $(RUN_DIR)/snn
-	@echo "report: $(RUN_DIR)/snn/report.md"
+	$(BIN)/efficientdl report --out $(RUN_DIR)/report.md $(DEMO_PARTS)
 
 test: setup-dev
 	$(BIN)/ruff check .

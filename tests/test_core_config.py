@@ -110,3 +110,22 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path):
         save_checkpoint(path, {"v": Unpicklable()})
     assert load_checkpoint(path)["v"] == 1
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_combine_reports_relinks_images_and_demotes_headings(tmp_path):
+    from efficientdl.core.report import combine_reports
+
+    for name in ("snn", "ke"):
+        (tmp_path / "demo" / name).mkdir(parents=True)
+        (tmp_path / "demo" / name / "report.md").write_text(
+            f"# {name}\n\n![plot](plot.png) [site](https://x.org/a.png)\n## sub\n"
+        )
+    out = combine_reports(
+        [tmp_path / "demo" / "snn", tmp_path / "demo" / "ke"], tmp_path / "demo" / "report.md"
+    )
+    text = out.read_text()
+    assert "## snn" in text and "### sub" in text and "\n# snn" not in text
+    assert "![plot](snn/plot.png)" in text and "![plot](ke/plot.png)" in text
+    assert "(https://x.org/a.png)" in text
+    with pytest.raises(FileNotFoundError, match="missing/report.md"):
+        combine_reports([tmp_path / "missing"], tmp_path / "r.md")

@@ -20,6 +20,13 @@ def _data_command(args) -> int:
     return 0
 
 
+def _report_command(args) -> int:
+    from efficientdl.core.report import combine_reports
+
+    print(combine_reports(args.run_dirs, args.out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (sub-commands registered by each method's cli module)."""
     from efficientdl.snn import cli as snn_cli
@@ -33,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--dest", default=None, help="cache folder (default $EFFICIENTDL_DATA)")
     data_sub.add_parser("list", help="show which datasets are available locally")
     data_parser.set_defaults(func=_data_command)
+    report = sub.add_parser("report", help="combine run folders' report.md into one file")
+    report.add_argument("run_dirs", nargs="+", help="run folders, each with a report.md")
+    report.add_argument("--out", required=True, help="the combined Markdown file")
+    report.set_defaults(func=_report_command)
     snn_cli.register(sub)
     return parser
 
