@@ -264,7 +264,8 @@ def test_data_home(monkeypatch, tmp_path):
 def test_registry_errors_and_available(fashion_root):
     root, _ = fashion_root
     with pytest.raises(
-        ValueError, match="unknown dataset 'imagenet'.*cifar10, fashion-mnist, mnist, nmnist"
+        ValueError,
+        match="unknown dataset 'imagenet'.*cifar10, digits, fashion-mnist, mnist, nmnist",
     ):
         get_dataset("imagenet", "train")
     with pytest.raises(ValueError, match="split"):
@@ -272,7 +273,7 @@ def test_registry_errors_and_available(fashion_root):
     with pytest.raises(ValueError, match="unknown option.*colour.*normalize"):
         get_dataset("fashion-mnist", "train", root=root, colour=True)
     status = dict(available(root))
-    assert set(status) == {"mnist", "fashion-mnist", "cifar10", "nmnist"}
+    assert set(status) == {"mnist", "fashion-mnist", "cifar10", "nmnist", "digits"}
     assert status["fashion-mnist"] == str(root)
     assert status["cifar10"].startswith("missing")
     assert "efficientdl data fetch mnist" in dict(available(root / "none"))["mnist"]

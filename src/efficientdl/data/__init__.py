@@ -11,6 +11,7 @@ from efficientdl.data.cifar10 import (
     random_crop_flip,
     read_cifar_batch,
 )
+from efficientdl.data.digits import load_digits, read_digits
 from efficientdl.data.fashion_mnist import fashion_mnist_stats, load_fashion_mnist
 from efficientdl.data.fetch import fetch
 from efficientdl.data.idx import read_idx, write_idx
@@ -23,6 +24,7 @@ from efficientdl.data.mnist import (
 )
 from efficientdl.data.nmnist import NMNIST, decode_events, events_to_frames, read_events
 from efficientdl.data.registry import available, get_dataset, known
+from efficientdl.data.subsets import per_class_indices, random_shift, subset
 
 __all__ = [
     "ArrayDataset",
@@ -42,14 +44,19 @@ __all__ = [
     "fetch",
     "get_dataset",
     "known",
+    "per_class_indices",
+    "random_shift",
     "load_cifar10",
+    "load_digits",
     "load_fashion_mnist",
     "load_mnist",
     "load_mnist_bytes",
     "random_crop_flip",
     "read_cifar_batch",
+    "read_digits",
     "read_events",
     "read_idx",
     "read_mnist_pickle",
+    "subset",
     "write_idx",
 ]

