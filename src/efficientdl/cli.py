@@ -29,6 +29,8 @@ def _report_command(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (sub-commands registered by each method's cli module)."""
+    from efficientdl.adashare import cli as adashare_cli
+    from efficientdl.knowledge_evolution import cli as ke_cli
     from efficientdl.snn import cli as snn_cli
 
     parser = argparse.ArgumentParser(prog="efficientdl", description=__doc__)
@@ -45,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", required=True, help="the combined Markdown file")
     report.set_defaults(func=_report_command)
     snn_cli.register(sub)
+    adashare_cli.register(sub)
+    ke_cli.register(sub)
     return parser
 
 

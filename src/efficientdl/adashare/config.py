@@ -1,0 +1,209 @@
+"""The AdaShare experiment config (§5.5): nested dataclasses from YAML + `--set` overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from efficientdl.core.config import ConfigError
+
+OFFICIAL_SEEDS = [88, 45, 50, 100, 44, 48, 2048, 2222]
+BASELINES = ("single_task", "multi_task", "random_policy", "stochastic_depth")
+ABLATIONS = {
+    "no_sparsity": ["train.sparsity_weight=0"],
+    "no_sharing": ["train.sharing_weight=0"],
+    "no_curriculum": ["train.curriculum=false"],
+    "reinforce": ["train.search_method=reinforce"],
+}
+
+
+@dataclass
+class DataConfig:
+    """Dataset, tasks and splits. `size`/`num_*`/`scene_seed` are for the procedural scenes;
+    `variant` for Multi-MNIST; `crop` [h, w] and `augment` for the training augmentation."""
+
+    dataset: Literal["procedural", "multi_mnist", "nyu_v2", "cityscapes", "taskonomy"] = (
+        "procedural"
+    )
+    root: str | None = None
+    tasks: list[str] = field(default_factory=lambda: ["seg", "normal", "depth"])
+    crop: list[int] | None = None
+    augment: bool = False
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    size: int = 64
+    num_train: int | None = None
+    num_val: int | None = None
+    num_test: int | None = None
+    scene_seed: int = 0
+    variant: Literal["mnist", "fashion", "mixed"] = "mnist"
+    cache: bool = True
+
+
+@dataclass
+class ModelConfig:
+    backbone: Literal["resnet18", "resnet34"] = "resnet18"
+    head: Literal["aspp", "light", "linear"] = "light"
+    stem: Literal["deeplab", "cifar"] = "deeplab"
+    logits_init: Literal["equal", "random", "all_chosen"] = "equal"
+    width: int = 64
+
+
+@dataclass
+class TrainConfig:
+    """Warm-up and policy search (§3.1). `weight_iters`/`policy_iters` None = one epoch of the
+    half; `total_iters` counts warm-up, weight and policy iterations together."""
+
+    batch_size: int = 16
+    eval_batch_size: int = 32
+    total_iters: int = 20000
+    warmup_iters: int = 4000
+    lr: float = 1e-3
+    backbone_lr: float = 1e-3
+    policy_lr: float = 0.01
+    weight_decay: float = 1e-4
+    policy_weight_decay: float = 5e-4
+    decay_lr_freq: int = 4000
+    decay_lr_rate: float = 0.5
+    weight_iters: int | None = None
+    policy_iters: int | None = None
+    curriculum: bool = True
+    curriculum_speed: int = 3
+    tau0: float = 5.0
+    tau_decay: float = 0.965
+    tau_min: float = 0.0
+    gumbel_hard: bool = False
+    lambdas: dict = field(default_factory=dict)
+    sparsity_weight: float = 0.05
+    sharing_weight: float = 0.05
+    reg_variant: Literal["official", "paper"] = "official"
+    block_weights: Literal["depth", "uniform"] = "depth"
+    search_method: Literal["gumbel", "reinforce"] = "gumbel"
+    reinforce_baseline_decay: float = 0.9
+    ckpt_every: int = 100
+
+
+@dataclass
+class SampleConfig:
+    num: int = 8
+    seeds: list[int] = field(default_factory=lambda: list(OFFICIAL_SEEDS))
+    mode: Literal["bernoulli", "argmax"] = "bernoulli"
+
+
+@dataclass
+class RetrainConfig:
+    iters: int = 20000
+    val_freq: int = 400
+    from_search: bool = False
+
+
+@dataclass
+class PerfConfig:
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
+    cudnn_benchmark: bool = False
+
+
+@dataclass
+class ParityConfig:
+    normals_encoding: Literal["unit", "official_raw"] = "unit"
+    eval_upsample: Literal["nearest", "bilinear"] = "nearest"
+    masked_execution: bool = False
+
+
+@dataclass
+class AdaShareConfig:
+    """One AdaShare experiment: search, sampling, re-training, baselines and evaluation."""
+
+    name: str = "adashare"
+    seed: int = 88
+    device: str = "auto"
+    threads: int | None = None
+    out_dir: str = "runs/adashare"
+    progress: bool = True
+    selection_reference: str | None = None
+    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
+    random_match_counts: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
+    parity: ParityConfig = field(default_factory=ParityConfig)
+
+    def validate(self) -> AdaShareConfig:
+        """Check cross-field constraints; raise ConfigError naming the key."""
+        t = self.train
+        positive = {
+            "train.batch_size": t.batch_size,
+            "train.eval_batch_size": t.eval_batch_size,
+            "train.decay_lr_freq": t.decay_lr_freq,
+            "train.curriculum_speed": t.curriculum_speed,
+            "train.ckpt_every": t.ckpt_every,
+            "sample.num": self.sample.num,
+            "retrain.val_freq": self.retrain.val_freq,
+            "model.width": self.model.width,
+        }
+        for key, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"config key '{key}': must be ≥ 1, got {value!r}")
+        if not 0 <= t.warmup_iters <= t.total_iters:
+            raise ConfigError(
+                f"config key 'train.warmup_iters': must be in [0, total_iters={t.total_iters}], "
+                f"got {t.warmup_iters}"
+            )
+        if t.tau0 <= 0 or not 0 < t.tau_decay <= 1:
+            raise ConfigError("config keys 'train.tau0' > 0 and 'train.tau_decay' in (0, 1]")
+        for key in ("weight_iters", "policy_iters"):
+            value = getattr(t, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"config key 'train.{key}': must be ≥ 1 or null, got {value}")
+        for name in self.baselines:
+            if name not in BASELINES and name not in ABLATIONS:
+                raise ConfigError(
+                    f"config key 'baselines': unknown {name!r}; expected from "
+                    f"{list(BASELINES) + list(ABLATIONS)}"
+                )
+        if not self.data.tasks:
+            raise ConfigError("config key 'data.tasks': needs at least one task")
+        unknown = sorted(set(t.lambdas) - set(self.data.tasks))
+        if unknown:
+            raise ConfigError(f"config key 'train.lambdas': unknown task(s) {unknown}")
+        if self.data.crop is not None and len(self.data.crop) != 2:
+            raise ConfigError(f"config key 'data.crop': expected [h, w], got {self.data.crop}")
+        return self
+
+
+# The built-in procedural demo (`efficientdl adashare pipeline` without --config); mirrored by
+# configs/adashare/procedural_demo.yaml.
+DEMO: dict = {
+    "name": "procedural_demo",
+    "seed": 88,
+    "device": "cpu",
+    "threads": 2,
+    "out_dir": "runs/adashare",
+    "baselines": ["single_task", "multi_task"],
+    "data": {
+        "dataset": "procedural",
+        "tasks": ["seg", "normal", "depth"],
+        "size": 64,
+        "num_train": 640,
+        "num_val": 128,
+        "num_test": 256,
+    },
+    "model": {"backbone": "resnet18", "head": "light", "width": 16},
+    "train": {
+        "batch_size": 16,
+        "total_iters": 220,
+        "warmup_iters": 60,
+        "weight_iters": 10,
+        "policy_iters": 10,
+        "curriculum_speed": 1,
+        "decay_lr_freq": 1000,
+        "lambdas": {"seg": 1.0, "normal": 5.0, "depth": 1.0},
+        "ckpt_every": 50,
+    },
+    "sample": {"num": 2},
+    "retrain": {"iters": 100, "val_freq": 50},
+}

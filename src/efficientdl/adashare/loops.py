@@ -1,0 +1,174 @@
+"""Resumable training of a fixed architecture: warm-up, re-training and baselines (§3.1, §3.4).
+
+Adam(β = (0.5, 0.999), coupled L2 weight decay) with heads at `lr` and the backbone at
+`backbone_lr`, StepLR stepped every iteration; batches from the full training split; validation
+every `val_freq` iterations; `best.pt` by the selection score; atomic checkpoints with all RNG
+states so a killed run continues bit-exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from efficientdl.adashare.engine import selection_score, to_device, weighted_loss
+from efficientdl.core import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+CHECKPOINT, BEST, RESULT = "checkpoint.pt", "best.pt", "result.json"
+
+
+def adam_with_step_lr(model, train_cfg):
+    """The warm-up / re-training optimiser and its per-iteration StepLR (§3.1)."""
+    groups = model.parameter_groups()
+    optimizer = torch.optim.Adam(
+        [
+            {"params": groups["heads"], "lr": train_cfg.lr, "name": "heads"},
+            {"params": groups["backbone"], "lr": train_cfg.backbone_lr, "name": "backbone"},
+        ],
+        betas=(0.5, 0.999),
+        weight_decay=train_cfg.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.StepLR(
+        optimizer, step_size=train_cfg.decay_lr_freq, gamma=train_cfg.decay_lr_rate
+    )
+    return optimizer, scheduler
+
+
+def check_finite(loss: torch.Tensor, phase: str, iteration: int) -> float:
+    """The loss as a float; RuntimeError naming the iteration if it is NaN or inf."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise RuntimeError(
+            f"{phase}: loss became {value} at iteration {iteration}; the last good checkpoint "
+            "is kept (lower the learning rate or check the inputs)"
+        )
+    return value
+
+
+def read_result(folder: Path) -> dict | None:
+    """The finished result of a phase folder, or None."""
+    path = Path(folder) / RESULT
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def train_fixed(
+    trainer,
+    *,
+    folder: Path,
+    model,
+    train_forward,
+    eval_forward,
+    spec,
+    iters: int,
+    val_freq: int,
+    seed: int,
+    phase: str,
+    reference: dict | None = None,
+    keep_best: bool = True,
+) -> dict:
+    """Train `model` for `iters` iterations with `train_forward(x, it)`; returns the result dict
+    (best or final validation metrics and score), written to `folder/result.json`."""
+    folder = Path(folder)
+    done = read_result(folder)
+    if done is not None:
+        return done
+    cfg = trainer.cfg
+    optimizer, scheduler = adam_with_step_lr(model, cfg.train)
+    stream = trainer.stream("train", seed=seed, stream=0)
+    state = {
+        "it": 0,
+        "best_score": -math.inf,
+        "best_val": None,
+        "reference": reference,
+        "last_val": None,
+        "history_len": len(trainer.logger.history),
+    }
+    ckpt = folder / CHECKPOINT
+    if ckpt.is_file():
+        saved = load_checkpoint(ckpt, map_location=trainer.device)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        stream.load_state(saved["stream"])
+        state = saved["state"]
+        set_rng_state(saved["rng"])
+        trainer.logger.truncate(state["history_len"])
+
+    def save():
+        save_checkpoint(
+            ckpt,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "stream": stream.state(),
+                "state": state,
+                "rng": rng_state(),
+            },
+        )
+
+    bar = tqdm(range(state["it"], iters), desc=phase, leave=False, disable=not cfg.progress)
+    for _ in bar:
+        it = state["it"]
+        model.train()
+        batch = to_device(next(stream), trainer.device, cfg.perf.channels_last)
+        optimizer.zero_grad(set_to_none=True)
+        with trainer.autocast():
+            outputs = train_forward(batch["image"], it)
+        loss, parts = weighted_loss(outputs, batch, spec)
+        value = check_finite(loss, phase, it + 1)
+        loss.backward()
+        optimizer.step()
+        trainer.emit(
+            {
+                "phase": phase,
+                "iter": it + 1,
+                "half": "train",
+                "optimizer": "Adam",
+                "lr": optimizer.param_groups[0]["lr"],
+                "backbone_lr": optimizer.param_groups[1]["lr"],
+                "loss": value,
+            }
+        )
+        scheduler.step()
+        state["it"] = it + 1
+        validate = state["it"] % val_freq == 0 or state["it"] == iters
+        if validate:
+            val = trainer.validate(lambda x, b: eval_forward(x, b), spec, model)
+            state["reference"] = state["reference"] or val
+            score = selection_score(val, state["reference"], spec)
+            state["last_val"] = val
+            record = {"phase": phase, "iter": state["it"], "train_loss": value, "val_score": score}
+            record |= {f"val_{t}_{m}": v for t, ms in val.items() for m, v in ms.items()}
+            trainer.logger.log(record)
+            if keep_best and score > state["best_score"]:
+                state["best_score"], state["best_val"] = score, val
+                save_checkpoint(
+                    folder / BEST,
+                    {"model": model.state_dict(), "iter": state["it"], "score": score},
+                )
+            state["history_len"] = len(trainer.logger.history)
+        if validate or state["it"] % cfg.train.ckpt_every == 0:
+            save()
+    if keep_best:
+        model.load_state_dict(load_checkpoint(folder / BEST, map_location=trainer.device)["model"])
+    result = {
+        "phase": phase,
+        "iters": iters,
+        "val": state["best_val"] if keep_best else state["last_val"],
+        "score": state["best_score"] if keep_best else None,
+        "checkpoint": str(folder / (BEST if keep_best else CHECKPOINT)),
+    }
+    write_json(folder / RESULT, result)
+    return result

@@ -1,0 +1,196 @@
+"""Final selection and testing of AdaShare samples, and the results table of a run (§3.3, §4)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from efficientdl.adashare import loops
+from efficientdl.adashare.counting import flops, param_counts
+from efficientdl.adashare.engine import selection_score
+from efficientdl.adashare.metrics import delta_t
+from efficientdl.adashare.policy import Policy
+from efficientdl.adashare.viz import plot_policy
+from efficientdl.core import load_checkpoint
+
+ADASHARE_RESULT = "adashare_result.json"
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    arr = np.asarray(list(values), dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def metrics_mean_std(runs: list[dict]) -> tuple[dict, dict]:
+    """Per task and metric mean and std over a list of {task: {metric: value}}."""
+    mean, std = {}, {}
+    for task, metrics in runs[0].items():
+        mean[task], std[task] = {}, {}
+        for m in metrics:
+            mean[task][m], std[task][m] = mean_std(r[task][m] for r in runs)
+    return mean, std
+
+
+def cost_summary(model, image_size, policy=None) -> dict:
+    """Parameters and FLOPs per image of `model` under `policy` (None: hard sharing)."""
+    return {"params": param_counts(model, policy), "flops": flops(model, *image_size, policy)}
+
+
+def image_size(trainer) -> tuple[int, int]:
+    return tuple(trainer.splits["val"][0]["image"].shape[-2:])
+
+
+def test_checkpoint(trainer, folder, policy: Policy) -> dict:
+    """Test metrics of the best checkpoint in a re-training folder (cached in test.json)."""
+    path = folder / "test.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    model = trainer.build_model()
+    model.load_state_dict(
+        load_checkpoint(folder / loops.BEST, map_location=trainer.device)["model"]
+    )
+    test = trainer.test(lambda x, b: model(x, policy), trainer.spec, model)
+    loops.write_json(path, test)
+    return test
+
+
+def finish_adashare(trainer, results: list[dict]) -> dict:
+    """Select the sample with the best validation Δ_T, test all samples, write the summary."""
+    out = trainer.run_dir / ADASHARE_RESULT
+    if out.is_file():
+        return json.loads(out.read_text())
+    reference = trainer.reference() or results[0]["val"]
+    scores = [selection_score(r["val"], reference, trainer.spec) for r in results]
+    best = int(np.argmax(scores))
+    tests = []
+    for r in results:
+        folder = Path(r["checkpoint"]).parent
+        tests.append(test_checkpoint(trainer, folder, Policy.from_dict(r["policy"])))
+    policy = Policy.from_dict(results[best]["policy"])
+    model = trainer.build_model()
+    mean, std = metrics_mean_std(tests)
+    summary = {
+        "name": "adashare",
+        "selected": best,
+        "val_scores": scores,
+        "val": results[best]["val"],
+        "test": tests[best],
+        "test_mean": mean,
+        "test_std": std,
+        "policy": policy.to_dict(),
+        "num_executed": policy.num_executed(),
+        "checkpoint": results[best]["checkpoint"],
+        **cost_summary(model, image_size(trainer), policy),
+    }
+    plot_policy(
+        policy,
+        trainer.run_dir / "policy.png",
+        title=f"AdaShare policy (sample {best}, selected on val)",
+    )
+    loops.write_json(out, summary)
+    return summary
+
+
+def collect_runs(trainer) -> dict:
+    """{name: result} of AdaShare and every finished baseline in the run folder."""
+    runs = {}
+    path = trainer.run_dir / ADASHARE_RESULT
+    if path.is_file():
+        runs["adashare"] = json.loads(path.read_text())
+    base = trainer.run_dir / "baselines"
+    if base.is_dir():
+        for folder in sorted(base.iterdir()):
+            done = loops.read_result(folder)
+            if done is not None and "test" in done:
+                runs[folder.name] = done
+    return runs
+
+
+def write_results(trainer) -> dict:
+    """results.json / results.csv / results.md: test metrics, Δ_T vs single-task, params, FLOPs."""
+    runs = collect_runs(trainer)
+    single = runs.get("single_task")
+    hib = trainer.spec.higher_is_better
+    table = {}
+    for name, r in runs.items():
+        dt, note = None, None
+        if single:
+            try:
+                dt = delta_t(r["test"], single["test"], hib)
+            except ValueError as err:  # a single-task metric of 0 (tiny runs)
+                note = str(err)
+        table[name] = {
+            "delta_t_note": note,
+            "test": r["test"],
+            "delta_t": None if dt is None else dt["delta_t"],
+            "delta_t_per_task": None if dt is None else dt["per_task"],
+            "params": r["params"]["total"],
+            "backbone_units": r["params"]["backbone_units"],
+            "gflops_shared": r["flops"]["flops_shared"] / 1e9,
+            "gflops_per_task_sum": r["flops"]["flops_per_task_sum"] / 1e9,
+        }
+    data = {"image_size": list(image_size(trainer)), "runs": table}
+    loops.write_json(trainer.run_dir / "results.json", data)
+    with open(trainer.run_dir / "results.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["run", "task", "metric", "value"])
+        for name, row in table.items():
+            for task, metrics in row["test"].items():
+                for metric, value in metrics.items():
+                    writer.writerow([name, task, metric, value])
+            writer.writerow([name, "", "delta_t", row["delta_t"]])
+            writer.writerow([name, "", "params", row["params"]])
+    (trainer.run_dir / "results.md").write_text(markdown_table(table, hib))
+    write_report(trainer, runs, table)
+    return data
+
+
+def write_report(trainer, runs: dict, table: dict) -> None:
+    """report.md: the metrics table, Δ_T against single-task, and the policy pictures."""
+    cfg = trainer.cfg
+    lines = [
+        f"# AdaShare — {cfg.name}",
+        "",
+        f"Dataset `{cfg.data.dataset}` (tasks {', '.join(trainer.spec.tasks)}), "
+        f"{cfg.model.backbone} (width {cfg.model.width}), {cfg.model.head} heads; test split, "
+        "AdaShare = the re-trained sample with the best validation Δ_T.",
+        "",
+        markdown_table(table, trainer.spec.higher_is_better),
+    ]
+    ada = runs.get("adashare")
+    if ada is not None:
+        scores = ", ".join(f"{s:+.2f}" for s in ada["val_scores"])
+        lines += [
+            f"Selected sample {ada['selected']} (validation Δ_T of the samples: {scores}); "
+            f"executed blocks per task: {ada['num_executed']}.",
+            "",
+            "![policy](policy.png)",
+            "",
+            "![execution probabilities](policy_probs.png)",
+            "",
+        ]
+    (trainer.run_dir / "report.md").write_text("\n".join(lines))
+
+
+def markdown_table(table: dict, higher_is_better: dict) -> str:
+    """One row per run: every Δ_T metric of every task, Δ_T, parameters and GFLOPs."""
+    cols = [(t, m) for t, ms in higher_is_better.items() for m in ms]
+    arrows = {True: "↑", False: "↓"}
+    head = [
+        "run",
+        *(f"{t} {m} {arrows[higher_is_better[t][m]]}" for t, m in cols),
+        "Δ_T % ↑",
+        "params (M)",
+        "GFLOPs",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in table.items():
+        cells = [name, *(f"{row['test'][t][m]:.4g}" for t, m in cols)]
+        cells.append("—" if row["delta_t"] is None else f"{row['delta_t']:+.2f}")
+        cells += [f"{row['params'] / 1e6:.2f}", f"{row['gflops_shared']:.3g}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

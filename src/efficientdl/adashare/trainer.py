@@ -1,0 +1,288 @@
+"""`AdaShareTrainer` (§3, §5.5): warm-up → search → sample → retrain → select → evaluate, plus
+baselines; every phase resumes from its own atomic checkpoint in the run folder."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import torch
+import yaml
+
+from efficientdl.adashare import loops
+from efficientdl.adashare.config import AdaShareConfig
+from efficientdl.adashare.datasets import augmenter, build_data
+from efficientdl.adashare.engine import evaluate as evaluate_split
+from efficientdl.adashare.model import AdaShareNet
+from efficientdl.adashare.policy import Policy
+from efficientdl.adashare.search import BEST, LATEST, Search
+from efficientdl.adashare.viz import plot_policy
+from efficientdl.core import (
+    MetricsLogger,
+    load_checkpoint,
+    make_run_dir,
+    seed_everything,
+    select_device,
+    to_dict,
+)
+from efficientdl.data.multitask import BatchStream
+
+
+class AdaShareTrainer:
+    """Runs the AdaShare phases of `config` in a run folder (created or continued).
+
+    `datasets=(splits, spec)` injects data (tests); otherwise they are built from `config.data`.
+    `callbacks` receive one record per training iteration (phase, data half, optimiser, lr, n, τ).
+    """
+
+    def __init__(self, config: AdaShareConfig, *, run_dir=None, datasets=None) -> None:
+        self.cfg = config.validate()
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        self.device = select_device(self.cfg.device)
+        torch.backends.cudnn.benchmark = self.cfg.perf.cudnn_benchmark
+        self.run_dir = make_run_dir(self.cfg.out_dir, self.cfg.name, run_dir=run_dir)
+        (self.run_dir / "config.yaml").write_text(
+            yaml.safe_dump(to_dict(self.cfg), sort_keys=False)
+        )
+        self.splits, self.spec = datasets if datasets is not None else build_data(self.cfg)
+        self.logger = MetricsLogger(self.run_dir)
+        self.callbacks: list = []
+
+    # ---- helpers -------------------------------------------------------------------------
+    def emit(self, record: dict) -> None:
+        for callback in self.callbacks:
+            callback(record)
+
+    def autocast(self):
+        if self.cfg.perf.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def stream(self, split: str, *, seed: int, stream: int) -> BatchStream:
+        data = self.splits[split]
+        return BatchStream(
+            data,
+            self.cfg.train.batch_size,
+            seed=seed,
+            stream=stream,
+            augment_fn=augmenter(self.cfg, data),
+        )
+
+    def build_model(self, tasks=None, *, seed: int | None = None) -> AdaShareNet:
+        """A freshly initialised model for `tasks` (default all), seeded by `seed`."""
+        m = self.cfg.model
+        seed_everything(self.cfg.seed if seed is None else seed)
+        spec = self.spec if tasks is None else self.spec.subset(tasks)
+        in_channels = int(self.splits["train"][0]["image"].shape[0])
+        model = AdaShareNet(
+            m.backbone,
+            spec.channels,
+            m.head,
+            stem=m.stem,
+            in_channels=in_channels,
+            logits_init=m.logits_init,
+            width=m.width,
+            exec_mode="official" if self.cfg.parity.masked_execution else "fast",
+        ).to(self.device)
+        if self.cfg.perf.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def validate(self, forward, spec, model, split: str = "val") -> dict:
+        """Metrics of `forward` on a split with the model in eval mode."""
+        if split == "test" and not getattr(self, "_testing", False):
+            raise RuntimeError("the test split is only read by the final evaluation")
+        model.eval()
+        return evaluate_split(
+            forward,
+            self.splits[split],
+            spec,
+            batch_size=self.cfg.train.eval_batch_size,
+            device=self.device,
+            upsample=self.cfg.parity.eval_upsample,
+            channels_last=self.cfg.perf.channels_last,
+            progress=self.cfg.progress,
+            desc=split,
+        )
+
+    def test(self, forward, spec, model) -> dict:
+        """Final evaluation on the test split (the only place it is read)."""
+        self._testing = True
+        try:
+            with self.autocast():
+                return self.validate(forward, spec, model, "test")
+        finally:
+            self._testing = False
+
+    def reference(self) -> dict | None:
+        """Selection reference: `selection_reference` file, else the single-task baseline's
+        validation results in this run, else the end-of-warm-up validation results."""
+        if self.cfg.selection_reference:
+            data = json.loads(Path(self.cfg.selection_reference).read_text())
+            return data.get("val") or data["runs"]["single_task"]["val"]
+        for folder in (self.run_dir / "baselines" / "single_task", self.run_dir / "warmup"):
+            done = loops.read_result(folder)
+            if done is not None and done.get("val"):
+                return done["val"]
+        return None
+
+    # ---- phases --------------------------------------------------------------------------
+    def warmup(self) -> dict:
+        """Hard-sharing warm-up: `warmup_iters` Adam + StepLR updates on the full train split."""
+        model = self.build_model()
+        result = loops.train_fixed(
+            self,
+            folder=self.run_dir / "warmup",
+            model=model,
+            train_forward=lambda x, it: model(x),
+            eval_forward=lambda x, b: model(x),
+            spec=self.spec,
+            iters=self.cfg.train.warmup_iters,
+            val_freq=max(self.cfg.train.warmup_iters, 1),
+            seed=self.cfg.seed,
+            phase="warmup",
+            reference=self.reference(),
+            keep_best=False,
+        )
+        return result
+
+    def search(self) -> dict:
+        """Alternating weight/policy phases until `total_iters` (resumes from search/latest.pt)."""
+        folder = self.run_dir / "search"
+        if (folder / "done.json").is_file():
+            return json.loads((folder / "done.json").read_text())
+        model = self.build_model()
+        if not (folder / LATEST).is_file():
+            if self.cfg.train.warmup_iters > 0:
+                self.warmup()
+                warm = load_checkpoint(
+                    self.run_dir / "warmup" / loops.CHECKPOINT, map_location=self.device
+                )
+                model.load_state_dict(warm["model"])
+        reference = self.reference()
+        if reference is None:
+            raise RuntimeError(
+                "search needs a selection reference: run warm-up (warmup_iters > 0), "
+                "the single_task baseline, or set selection_reference"
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+        state = Search(self, model, folder, reference).run()
+        done = {
+            "iters": state["it"],
+            "cycles": state["cycle"],
+            "tau": state["tau"],
+            "best_score": state["best_score"],
+            "has_best": (folder / BEST).is_file(),
+        }
+        loops.write_json(folder / "done.json", done)
+        return done
+
+    def searched_model(self) -> tuple[AdaShareNet, str]:
+        """The search model from `best.pt` (or `latest.pt` when n never reached L)."""
+        folder = self.run_dir / "search"
+        path = folder / BEST if (folder / BEST).is_file() else folder / LATEST
+        model = self.build_model()
+        model.load_state_dict(load_checkpoint(path, map_location=self.device)["model"])
+        return model, str(path)
+
+    def sample(self) -> list[Policy]:
+        """Draw `sample.num` hard policies from the searched logits (one seed each, §3.3)."""
+        folder = self.run_dir / "policies"
+        s = self.cfg.sample
+        seeds = list(s.seeds) + [self.cfg.seed + i for i in range(len(s.seeds), s.num)]
+        paths = [folder / f"policy_{i:02d}.json" for i in range(s.num)]
+        if all(p.is_file() for p in paths):
+            return [Policy.from_json(p) for p in paths]
+        self.search()
+        model, source = self.searched_model()
+        policies = []
+        for i, path in enumerate(paths):
+            g = torch.Generator().manual_seed(seeds[i])
+            p = model.sample_policy(generator=g, mode=s.mode)
+            p = Policy(p.tasks, p.execute, model.backbone_name, seeds[i], source)
+            p.to_json(path)
+            policies.append(p)
+        plot_policy(
+            model.execution_probs(),
+            self.run_dir / "policy_probs.png",
+            tasks=model.tasks,
+            title="learned execution probabilities α",
+        )
+        plot_policy(policies[0], self.run_dir / "policy.png", title="sampled policy 0")
+        return policies
+
+    def retrain(self, policy: Policy, index: int = 0) -> dict:
+        """Re-train from scratch (seed + index) with the fixed `policy` and true skipping (§3.4)."""
+        folder = self.run_dir / "retrain" / f"sample_{index:02d}"
+        model = self.build_model(seed=self.cfg.seed + index)
+        if self.cfg.retrain.from_search:
+            searched, _ = self.searched_model()
+            model.load_state_dict(searched.state_dict())
+        result = loops.train_fixed(
+            self,
+            folder=folder,
+            model=model,
+            train_forward=lambda x, it: model(x, policy),
+            eval_forward=lambda x, b: model(x, policy),
+            spec=self.spec,
+            iters=self.cfg.retrain.iters,
+            val_freq=self.cfg.retrain.val_freq,
+            seed=self.cfg.seed + index,
+            phase=f"retrain_{index:02d}",
+            reference=self.reference(),
+        )
+        return result | {"policy": policy.to_dict()}
+
+    def retrain_all(self) -> list[dict]:
+        """Re-train every sampled policy (identical policies are trained once)."""
+        policies = self.sample()
+        results: list[dict] = []
+        for i, p in enumerate(policies):
+            first = next((j for j in range(i) if policies[j] == p), None)
+            results.append(
+                results[first] | {"same_as": first} if first is not None else self.retrain(p, i)
+            )
+        return results
+
+    def select(self) -> dict:
+        """Pick the sample with the best validation score; test every sample's best checkpoint
+        and report the selected one and mean ± std over all samples."""
+        from efficientdl.adashare.results import finish_adashare
+
+        return finish_adashare(self, self.retrain_all())
+
+    def evaluate(self, split: str = "test") -> dict:
+        """Metrics of the selected re-trained model on `split` ('val' or 'test')."""
+        selected = json.loads((self.run_dir / "adashare_result.json").read_text())
+        policy = Policy.from_dict(selected["policy"])
+        model = self.build_model()
+        model.load_state_dict(
+            load_checkpoint(selected["checkpoint"], map_location=self.device)["model"]
+        )
+        forward = lambda x, b: model(x, policy)  # noqa: E731
+        return (
+            self.test(forward, self.spec, model)
+            if split == "test"
+            else self.validate(forward, self.spec, model, split)
+        )
+
+    def run_baseline(self, name: str) -> dict:
+        """Train, validate and test baseline or ablation `name` (§3.5)."""
+        from efficientdl.adashare.baselines import run_baseline
+
+        return run_baseline(self, name)
+
+    def pipeline(self) -> dict:
+        """Everything: single-task reference first, then search, sampling, re-training,
+        selection, the other baselines and the results table."""
+        from efficientdl.adashare.results import write_results
+
+        baselines = list(self.cfg.baselines)
+        if "single_task" in baselines:
+            self.run_baseline("single_task")
+        self.select()
+        for name in baselines:
+            self.run_baseline(name)
+        return write_results(self)

@@ -1,0 +1,244 @@
+"""Metric meters against an independent numpy implementation; batch-size independence (§9.5)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from adashare_support import one_thread  # noqa: F401
+from efficientdl.adashare.metrics import (
+    DELTA_METRICS,
+    AccuracyMeter,
+    CEMeter,
+    DepthMeter,
+    L1Meter,
+    NormalMeter,
+    SegmentationMeter,
+    delta_t,
+    miou,
+)
+
+RNG = np.random.default_rng(0)
+N, C, H, W = 7, 5, 16, 16  # predictions at 1/8 would be 2×2; use 4×4 → ×4 upsampling
+
+
+def upsample_np(pred, H, W):
+    """Nearest upsampling with floor index mapping: out[i] = in[floor(i·h/H)]."""
+    h, w = pred.shape[-2:]
+    rows = (np.arange(H) * h) // H
+    cols = (np.arange(W) * w) // W
+    return pred[..., rows, :][..., cols]
+
+
+def run_meter(meter, preds, targets, masks, batch):
+    for s in range(0, len(preds), batch):
+        sl = slice(s, s + batch)
+        m = None if masks is None else torch.from_numpy(masks[sl])
+        meter.update(torch.from_numpy(preds[sl]), torch.from_numpy(targets[sl]), m)
+    return meter.compute()
+
+
+@pytest.fixture(scope="module")
+def seg_data():
+    logits = RNG.normal(size=(N, C, 4, 4))
+    target = RNG.integers(0, C, size=(N, H, W))
+    target[RNG.random((N, H, W)) < 0.2] = 255
+    target[target == 3] = 4  # class 3 absent from targets ...
+    logits[:, 3] += 0.5  # ... but predicted: union > 0, TP = 0
+    target[0] = 255  # an image without valid pixels
+    return logits, target
+
+
+def seg_reference(logits, target):
+    pred = upsample_np(logits, H, W).argmax(1)
+    valid = target < C
+    conf = np.zeros((C, C), dtype=np.int64)
+    np.add.at(conf, (target[valid], pred[valid]), 1)
+    tp = np.diag(conf).astype(float)
+    union = conf.sum(0) + conf.sum(1) - tp
+    present = union > 0
+    ours = (tp[present] / union[present]).mean() * 100
+    official = (tp[present & (tp > 0)] / union[present & (tp > 0)]).mean() * 100
+    acc = [
+        ((pred[i] == target[i]) & valid[i]).sum() / valid[i].sum()
+        for i in range(len(target))
+        if valid[i].sum() > 0
+    ]
+    return conf, ours, official, float(np.mean(acc) * 100)
+
+
+@pytest.mark.parametrize("batch", [1, 3, N])
+def test_segmentation_meter(seg_data, batch):
+    logits, target = seg_data
+    out = run_meter(SegmentationMeter(C), logits, target, None, batch)
+    conf, ours, official, acc = seg_reference(logits, target)
+    assert np.array_equal(np.array(out["confusion"]), conf)
+    assert conf[3, 3] == 0 and conf[:, 3].sum() > 0
+    assert out["miou"] == pytest.approx(ours, rel=1e-12)
+    assert out["miou_official"] == pytest.approx(official, rel=1e-12)
+    assert out["miou_official"] > out["miou"]
+    assert out["pixel_acc"] == pytest.approx(acc, rel=1e-12)
+
+
+def test_miou_on_hand_made_confusion():
+    conf = torch.tensor([[3, 1, 0], [0, 0, 2], [0, 0, 0]])
+    # IoU0 = 3/4, IoU1 = 0/3, class 2: union = 2 > 0, TP = 0
+    assert miou(conf) == pytest.approx((0.75 + 0 + 0) / 3 * 100)
+    assert miou(conf, "drop") == pytest.approx(75.0)
+
+
+def normal_reference(pred, target, mask):
+    pred = upsample_np(pred, H, W)
+    pn = pred / np.linalg.norm(pred, axis=1, keepdims=True)
+    tn = target / np.linalg.norm(target, axis=1, keepdims=True)
+    cos = np.clip((pn * tn).sum(1), -1, 1)[mask]
+    theta = np.degrees(np.arccos(cos))
+    out = {
+        "mean": theta.mean(),
+        "median": np.median(theta),
+        "rmse": np.sqrt((theta**2).mean()),
+        "cos_sim": cos.mean(),
+    }
+    for key, t in (
+        ("within_11_25", 11.25),
+        ("within_22_5", 22.5),
+        ("within_30", 30),
+        ("within_45", 45),
+    ):
+        out[key] = (theta <= t).mean() * 100
+    return out
+
+
+@pytest.mark.parametrize("batch", [1, 2, N])
+def test_normal_meter(batch):
+    pred = RNG.normal(size=(N, 3, 4, 4))
+    target = RNG.normal(size=(N, 3, H, W))
+    mask = RNG.random((N, H, W)) > 0.3
+    # pixels just inside / outside 11.25°
+    for i, deg in enumerate((11.25 - 1e-6, 11.25 + 1e-6)):
+        theta = math.radians(deg)
+        pred[i, :, 0, 0] = [math.sin(theta), 0.0, math.cos(theta)]
+        target[i, :, :4, :4] = np.array([0.0, 0.0, 1.0])[:, None, None]
+        mask[i, 0, 0] = True
+    out = run_meter(NormalMeter(), pred, target, mask, batch)
+    ref = normal_reference(pred, target, mask)
+    for key, value in ref.items():
+        assert out[key] == pytest.approx(value, rel=1e-9, abs=1e-9), key
+
+
+def test_normal_thresholds_are_inclusive():
+    meter = NormalMeter()
+    meter.angles = [np.array([11.25, 22.5, 30.0, 45.0, np.nextafter(11.25, 12), 60.0])]
+    out = meter.compute()
+    assert out["within_11_25"] == pytest.approx(100 / 6)
+    assert out["within_22_5"] == pytest.approx(300 / 6)
+    assert out["within_30"] == pytest.approx(400 / 6)
+    assert out["within_45"] == pytest.approx(500 / 6)
+
+
+def depth_reference(pred, target, mask):
+    pred = upsample_np(pred, H, W)[:, 0]
+    target = target[:, 0]
+    abs_i, rel_i, sq_i = [], [], []
+    sq, n, hits = 0.0, 0, np.zeros(3)
+    for p, t, m in zip(pred, target, mask):
+        m = m & (t > 0)
+        if m.sum() == 0:
+            continue
+        e = np.abs(p[m] - t[m])
+        abs_i.append(e.mean())
+        rel_i.append((e / t[m]).mean())
+        sq_i.append((e**2 / t[m]).mean())
+        sq += (e**2).sum()
+        n += m.sum()
+        pp, tt = p[m], t[m]
+        ratio = np.where(pp > 0, np.maximum(pp / tt, tt / np.where(pp > 0, pp, 1)), np.inf)
+        hits += [(ratio <= 1.25**i).sum() for i in (1, 2, 3)]
+    return {
+        "abs_err": np.mean(abs_i),
+        "rel_err": np.mean(rel_i),
+        "sq_rel": np.mean(sq_i),
+        "rmse": np.sqrt(sq / n),
+        "delta1": hits[0] / n * 100,
+        "delta2": hits[1] / n * 100,
+        "delta3": hits[2] / n * 100,
+    }
+
+
+@pytest.mark.parametrize("batch", [1, 4, N])
+def test_depth_meter_per_image_and_pooled(batch):
+    target = RNG.uniform(0.5, 5, size=(N, 1, H, W))
+    target[RNG.random((N, 1, H, W)) < 0.3] = 0  # invalid
+    mask = RNG.random((N, H, W)) > 0.2
+    mask[1, :12] = False  # very different valid counts per image
+    pred = target[:, :, ::4, ::4] * RNG.uniform(0.7, 1.4, size=(N, 1, 4, 4))
+    pred[:, :, 0, :2] = RNG.uniform(-1, 0, size=(N, 1, 2))  # non-positive predictions
+    out = run_meter(DepthMeter(), pred, target, mask, batch)
+    ref = depth_reference(pred, target, mask)
+    for key, value in ref.items():
+        assert out[key] == pytest.approx(value, rel=1e-9), key
+    per_image_mean = ref["abs_err"]
+    pooled = np.abs(upsample_np(pred, H, W) - target)[:, 0][mask & (target[:, 0] > 0)].mean()
+    assert not math.isclose(per_image_mean, pooled, rel_tol=1e-3)  # the test can tell them apart
+
+
+def test_depth_meter_default_mask_is_positive_target():
+    target = RNG.uniform(0.5, 5, size=(2, 1, H, W))
+    target[:, :, :5] = 0
+    pred = RNG.uniform(0.5, 5, size=(2, 1, 4, 4))
+    out = run_meter(DepthMeter(), pred, target, None, 2)
+    ref = depth_reference(pred, target, np.ones((2, H, W), dtype=bool))
+    assert out["abs_err"] == pytest.approx(ref["abs_err"], rel=1e-9)
+
+
+@pytest.mark.parametrize("batch", [1, N])
+def test_l1_and_ce_meters(batch):
+    pred = RNG.normal(size=(N, 1, 4, 4))
+    target = RNG.normal(size=(N, 1, H, W))
+    mask = RNG.random((N, H, W)) > 0.5
+    out = run_meter(L1Meter(), pred, target, mask, batch)
+    up = upsample_np(pred, H, W)
+    per = [np.abs(up[i, 0] - target[i, 0])[mask[i]].mean() for i in range(N)]
+    assert out["abs_err"] == pytest.approx(np.mean(per), rel=1e-9)
+    logits = RNG.normal(size=(N, C, 4, 4))
+    labels = RNG.integers(0, C, size=(N, H, W))
+    labels[RNG.random((N, H, W)) < 0.2] = 255
+    weight = RNG.uniform(0.5, 2, size=C)
+    out = run_meter(CEMeter(weight), logits, labels, None, batch)
+    up = upsample_np(logits, H, W)
+    logp = up - np.log(np.exp(up).sum(1, keepdims=True))
+    per = []
+    for i in range(N):
+        v = labels[i] != 255
+        y = labels[i][v]
+        nll = -logp[i].transpose(1, 2, 0)[v][np.arange(len(y)), y]
+        per.append((weight[y] * nll).sum() / weight[y].sum())
+    assert out["ce_err"] == pytest.approx(np.mean(per), rel=1e-9)
+
+
+def test_accuracy_meter():
+    meter = AccuracyMeter()
+    meter.update(torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]]), torch.tensor([1, 1, 1]))
+    assert meter.compute()["acc"] == pytest.approx(200 / 3)
+
+
+def test_delta_t_by_hand():
+    single = {"seg": {"miou": 40.0, "pixel_acc": 60.0}, "depth": {"abs_err": 0.5}}
+    results = {"seg": {"miou": 44.0, "pixel_acc": 57.0}, "depth": {"abs_err": 0.4}}
+    hib = {"seg": {"miou": True, "pixel_acc": True}, "depth": {"abs_err": False}}
+    # seg: (+10 % − 5 %)/2 = +2.5; depth (lower is better): −(0.4 − 0.5)/0.5 = +20
+    out = delta_t(results, single, hib)
+    assert out["per_task"] == pytest.approx({"seg": 2.5, "depth": 20.0})
+    assert out["delta_t"] == pytest.approx(11.25)
+    with pytest.raises(KeyError, match="lacks metric 'rel_err' of task 'depth'"):
+        delta_t(results, single, {"depth": {"rel_err": False}})
+    with pytest.raises(ValueError, match="single-task depth.abs_err is 0"):
+        delta_t(results, {**single, "depth": {"abs_err": 0.0}}, hib)
+    assert set(DELTA_METRICS["nyu"]["normal"]) == {
+        "mean",
+        "median",
+        "within_11_25",
+        "within_22_5",
+        "within_30",
+    }
