@@ -128,6 +128,31 @@ def peak_mib(fn, device):
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
+def saved_mib(forward) -> float:
+    """MiB of distinct tensor storages autograd keeps for the backward of `forward()` (the
+    activation memory of a step; measured the same way on CPU and GPU)."""
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward()
+    return sum(storages.values()) / 2**20
+
+
+def _spiking_forward(net, x, y, r):
+    net.train()
+    return compute_loss(net(x), y, r)
+
+
+def _floor_forward(model, x, y, r, T):
+    out = model(x)
+    return compute_loss(out.reshape(T, -1, out.shape[-1]), y, r)
+
+
 def bench_network(name, device, batch, warmup, iters):
     """Times of our step (fused, torch) and the floor for one network."""
     torch.manual_seed(0)
@@ -142,17 +167,20 @@ def bench_network(name, device, batch, warmup, iters):
         x_floor = x.unsqueeze(0).expand(T, *x.shape).reshape(T * batch, *shape)
     y = torch.randint(0, 10, (batch,), device=device)
     row = {"network": name, "batch": batch, "T": T}
-    steps = {}
+    steps, forwards = {}, {}
     for backend in ("fused", "torch"):
         net = build(name, backend=backend).to(device)
         steps[backend] = functools.partial(train_step, net, make_optimizer(net, r), x, y, r)
+        forwards[backend] = functools.partial(_spiking_forward, net, x, y, r)
     floor = FloorNet(build(name)).to(device)
     steps["floor"] = functools.partial(
         floor_step, floor, make_optimizer(floor, r), x_floor, y, r, T
     )
+    forwards["floor"] = functools.partial(_floor_forward, floor, x_floor, y, r, T)
     for key, ms in timeit(steps, device, warmup=warmup, iters=iters).items():
         row[f"{key}_ms"] = ms
         row[f"{key}_peak_mib"] = peak_mib(steps[key], device)
+        row[f"{key}_saved_mib"] = saved_mib(forwards[key])
     row["fused_over_floor"] = row["fused_ms"] / row["floor_ms"]
     row["torch_over_fused"] = row["torch_ms"] / row["fused_ms"]
     row["fused_img_per_s"] = 1000 * batch / row["fused_ms"]
@@ -173,6 +201,11 @@ def bench_neuron(device, T, neurons, warmup, iters):
         row[f"{key}_ms"] = ms
     row["torch_over_fused"] = row["torch_ms"] / row["fused_ms"]
     return row
+
+
+def _triple(row, kind):
+    values = [row[f"{k}_{kind}_mib"] for k in ("fused", "torch", "floor")]
+    return "/".join("n/a" if v is None else f"{v:.1f}" for v in values)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -218,13 +251,14 @@ def run(args) -> dict:
     )
     print(
         f"{'network':14s} {'fused ms':>9s} {'torch ms':>9s} {'floor ms':>9s} "
-        f"{'fused/floor':>11s} {'torch/fused':>11s} {'img/s':>8s}"
+        f"{'fused/floor':>11s} {'torch/fused':>11s} {'img/s':>8s} "
+        f"{'saved MiB fused/torch/floor':>28s} {'peak MiB fused/torch/floor':>27s}"
     )
     for r in rows:
         print(
             f"{r['network']:14s} {r['fused_ms']:9.2f} {r['torch_ms']:9.2f} {r['floor_ms']:9.2f} "
             f"{r['fused_over_floor']:11.2f} {r['torch_over_fused']:11.2f} "
-            f"{r['fused_img_per_s']:8.0f}"
+            f"{r['fused_img_per_s']:8.0f} {_triple(r, 'saved'):>28s} {_triple(r, 'peak'):>27s}"
         )
     print(f"\nneuron alone, fwd+bwd, [T, 64, {neurons}] fp32")
     for r in neuron_rows:

@@ -48,7 +48,8 @@ def spike_raster(net, x: torch.Tensor) -> dict[str, torch.Tensor]:
     return spikes
 
 
-def _plot_accuracy(history, path: Path) -> None:
+def plot_accuracy(history, path: Path, *, title: str | None = None) -> None:
+    """Train and test accuracy per epoch of a run's metrics `history` as a PNG at `path`."""
     epochs = [r["epoch"] for r in history]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(epochs, [100 * r["train_accuracy"] for r in history], "o-", label="train")
@@ -57,6 +58,8 @@ def _plot_accuracy(history, path: Path) -> None:
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend()
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -97,7 +100,7 @@ def write_report(run_dir: str | Path) -> Path:
     history = json.loads((run_dir / "metrics.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
     recipe, net, (_, test_set) = _load_run(run_dir)
-    _plot_accuracy(history, run_dir / "accuracy.png")
+    plot_accuracy(history, run_dir / "accuracy.png")
     x, y = test_set.get_batch(torch.tensor([0]))
     _plot_raster(spike_raster(net, x), int(y[0]), run_dir / "raster.png")
     firing = firing_on_test(net, test_set, recipe)

@@ -1,0 +1,67 @@
+"""Accuracy of long TSSL-BP runs, finished or still running (issue 4).
+
+    python benchmarks/snn_accuracy.py RUN_DIR [RUN_DIR ...] [--out-dir benchmarks]
+
+For each run folder (written by `efficientdl snn train`): prints a Markdown row (model, dataset,
+seed, epochs done, final-epoch and best test accuracy, wall time) and writes the accuracy curve
+`<out-dir>/snn_accuracy_<model>.png` and `<out-dir>/snn_accuracy.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from efficientdl.snn.report import plot_accuracy
+
+
+def summarise(run_dir: Path) -> dict:
+    """Epochs done, final and best test accuracy and wall time of one run folder."""
+    config = json.loads((run_dir / "config.json").read_text())
+    history = json.loads((run_dir / "metrics.json").read_text())
+    if not history:
+        raise ValueError(f"{run_dir}: no finished epoch in metrics.json yet")
+    test = [r["test_accuracy"] for r in history]
+    return {
+        "run_dir": str(run_dir),
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "seed": config["seed"],
+        "epochs_done": history[-1]["epoch"],
+        "epochs_planned": config["epochs"],
+        "final_test_accuracy": test[-1],
+        "best_test_accuracy": max(test),
+        "best_epoch": history[test.index(max(test))]["epoch"],
+        "wall_hours": sum(r["epoch_seconds"] for r in history) / 3600,
+        "history": history,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dirs", nargs="+", type=Path)
+    parser.add_argument("--out-dir", type=Path, default=Path("benchmarks"))
+    args = parser.parse_args()
+    rows = [summarise(d) for d in args.run_dirs]
+    print(
+        "| network | dataset | seed | epochs | final-epoch test % | best test % (epoch) "
+        "| wall time | curve |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        png = args.out_dir / f"snn_accuracy_{r['model']}.png"
+        plot_accuracy(r["history"], png, title=f"{r['model']} on {r['dataset']}, seed {r['seed']}")
+        print(
+            f"| {r['model']} | {r['dataset']} | {r['seed']} | "
+            f"{r['epochs_done']} of {r['epochs_planned']} | "
+            f"{100 * r['final_test_accuracy']:.2f} | {100 * r['best_test_accuracy']:.2f} "
+            f"({r['best_epoch']}) | {r['wall_hours']:.2f} h | {png.name} |"
+        )
+    out = args.out_dir / "snn_accuracy.json"
+    out.write_text(json.dumps(rows, indent=2))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
