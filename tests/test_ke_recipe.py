@@ -141,9 +141,12 @@ def test_cli_train_and_resume(tmp_path, capsys):
     for name in ("report.md", "generations.png", "history.csv", "summary.json", "ke.json"):
         assert (run_dir / name).exists(), name
     assert "| 2 |" in (run_dir / "report.md").read_text()
-    assert main(args[:-2] + ["--set", "generations=3", "--set", "threads=1"]) == 0  # extends
+    assert main(args) == 2  # an existing run is never silently restarted
+    assert "already holds a KE run; pass --resume" in capsys.readouterr().err
+    resume = args + ["--resume"]
+    assert main(resume + ["--set", "generations=3"]) == 0  # extends a finished run
     assert len(json.loads(capsys.readouterr().out)["accuracy"]["dense"]) == 3
-    assert main(args + ["--set", "split_rate=0.3"]) == 2
+    assert main(resume + ["--set", "split_rate=0.3"]) == 2
     assert "config key 'split_rate' was 0.5, now 0.3" in capsys.readouterr().err
     assert main(["ke", "train", "--config", "configs/ke/demo.yaml", "--set", "arm=best"]) == 2
     assert "config key 'arm'" in capsys.readouterr().err

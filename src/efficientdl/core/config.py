@@ -142,3 +142,19 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides=()) -> T
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
     return from_dict(cls, apply_overrides(data, overrides))
+
+
+def add_config_args(parser, *, example: str, required: bool = True) -> None:
+    """Add the `--config FILE` and repeatable `--set KEY=VALUE` options every sub-command shares
+    (overrides land in `args.overrides`; unknown keys fail later in `load_config`)."""
+    parser.add_argument(
+        "--config", required=required, default=None, help=f"YAML config, e.g. {example}"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (repeatable); unknown keys are errors",
+    )

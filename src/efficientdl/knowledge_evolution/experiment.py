@@ -12,14 +12,28 @@ from torch import nn
 
 from efficientdl.core import make_run_dir, seed_everything, select_device, to_dict
 from efficientdl.data import get_dataset, per_class_indices, subset
+from efficientdl.knowledge_evolution.cost import cost
 from efficientdl.knowledge_evolution.driver import KnowledgeEvolution
-from efficientdl.knowledge_evolution.masks import split
+from efficientdl.knowledge_evolution.masks import is_kernel_level, split
 from efficientdl.knowledge_evolution.recipe import KEConfig, accuracy_fn, recipe_train_fn
 from efficientdl.knowledge_evolution.reinit import init_weights
 from efficientdl.knowledge_evolution.report import write_report
+from efficientdl.knowledge_evolution.slim import extract_slim
 from efficientdl.models import build_model, get_builder
 
 _RESUME_FREE = ("generations", "progress", "threads", "device", "checkpoint_seconds", "keep")
+
+
+_REPORTED = ("split_rate", "scheme", "reset_init", "lr", "batch_size", "weight_decay",
+             "label_smoothing", "cskd", "width")  # fmt: skip
+
+
+def _macs(model: nn.Module, masks, x: torch.Tensor) -> dict[str, int]:
+    """MACs per sample of the dense net and, for KELS masks, of the slim (fit) net."""
+    out = {"dense": cost(model, x)["macs"]}
+    if is_kernel_level(masks):
+        out["fit"] = cost(extract_slim(model, masks), x)["macs"]
+    return out
 
 
 def load_data(config: KEConfig):
@@ -49,9 +63,14 @@ def build(config: KEConfig, *, num_classes: int, in_channels: int) -> nn.Module:
     return model
 
 
-def _check_resume(run_dir: Path, config: KEConfig) -> None:
+def _check_resume(run_dir: Path, config: KEConfig, resume: bool) -> None:
     path = run_dir / "config.json"
     current = to_dict(config)
+    if path.exists() and not resume:
+        raise ValueError(
+            f"{run_dir} already holds a KE run; pass --resume (resume=True) to continue it, or "
+            "choose another --run-dir"
+        )
     if path.exists():
         saved = json.loads(path.read_text())
         for key in sorted(set(saved) | set(current)):
@@ -63,15 +82,19 @@ def _check_resume(run_dir: Path, config: KEConfig) -> None:
     path.write_text(json.dumps(current, indent=2))
 
 
-def run_experiment(config: KEConfig, *, run_dir: str | Path | None = None) -> dict:
-    """Run (or resume, on an existing `run_dir`) one arm of a KE experiment; returns and writes
-    summary.json. History, per-generation checkpoints and generations.png are in the run dir."""
+def run_experiment(
+    config: KEConfig, *, run_dir: str | Path | None = None, resume: bool = False
+) -> dict:
+    """Run one arm of a KE experiment, or with `resume` continue the one in `run_dir` (at the
+    generation and epoch it stopped; the config may differ only in generations, threads, device,
+    progress, checkpoint_seconds and keep). Returns and writes summary.json; history, checkpoints,
+    generations.png and report.md are in the run dir."""
     config.validate()
     if config.threads:
         torch.set_num_threads(config.threads)
     device = select_device(config.device)
     run_dir = make_run_dir(config.out_dir, config.name, run_dir=run_dir)
-    _check_resume(run_dir, config)
+    _check_resume(run_dir, config, resume)
     train, test = load_data(config)
     model = build(config, num_classes=train.num_classes, in_channels=train.images.shape[1])
     rate = 1.0 if config.arm == "restarts" else config.split_rate
@@ -124,6 +147,8 @@ def run_experiment(config: KEConfig, *, run_dir: str | Path | None = None) -> di
             if all(net in r for r in history)
         },
         "params": history[-1]["params"] if history else None,
+        "macs": _macs(model, masks, test.images[:1].to(device)),
+        "recipe": {k: getattr(config, k) for k in _REPORTED},
         "run_dir": str(run_dir),
         "wall_seconds_this_session": time.time() - started,
     }

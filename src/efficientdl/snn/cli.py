@@ -5,19 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from efficientdl.core.config import load_config
-
-
-def _add_config_args(p) -> None:
-    p.add_argument("--config", required=True, help="YAML recipe, e.g. configs/snn/mnist_cnn.yaml")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe field (repeatable); unknown keys are errors",
-    )
+from efficientdl.core.config import add_config_args, load_config
 
 
 def register(sub) -> None:
@@ -25,7 +13,7 @@ def register(sub) -> None:
     snn = sub.add_parser("snn", help="TSSL-BP spiking networks")
     actions = snn.add_subparsers(dest="action", required=True)
     train = actions.add_parser("train", help="train a recipe; writes a run folder")
-    _add_config_args(train)
+    add_config_args(train, example="configs/snn/mnist_cnn.yaml")
     train.add_argument("--run-dir", default=None, help="run folder (default runs/<name>-<time>)")
     train.add_argument("--resume", action="store_true", help="continue from run-dir/checkpoint.pt")
     train.add_argument("--no-report", action="store_true", help="skip report.md and the plots")
