@@ -48,17 +48,34 @@ def config(args, dataset: str, per_class: int, seed: int, arm: str) -> KEConfig:
 
 
 def run_all(args) -> None:
+    """Every missing run: KE and long for every cell first, then the restarts control, writing the
+    aggregated JSON and Markdown after each run so that a partial sweep still yields rows."""
     cells = [(d, p, s) for d in args.datasets for p in args.per_class for s in args.seeds]
-    for i, (dataset, per_class, seed) in enumerate(cells):
-        for arm in args.arms:
-            run_dir = Path(args.root) / dataset / f"pc{per_class}" / f"s{seed}" / arm
-            if (run_dir / "summary.json").exists():
-                continue
-            t0 = time.time()
-            summary = run_experiment(config(args, dataset, per_class, seed, arm), run_dir=run_dir)
-            acc = summary["accuracy"]["dense"][-1]
-            print(f"[{i + 1}/{len(cells)}] {dataset} {per_class}/class seed {seed} {arm}: "
-                  f"{100 * acc:.2f} % ({time.time() - t0:.0f} s)", flush=True)  # fmt: skip
+    phases = [
+        [a for a in ("ke", "long") if a in args.arms],
+        ["restarts"] * ("restarts" in args.arms),
+    ]
+    order = [(arm, cell) for phase in phases for cell in cells for arm in phase]
+    for i, (arm, (dataset, per_class, seed)) in enumerate(order):
+        run_dir = Path(args.root) / dataset / f"pc{per_class}" / f"s{seed}" / arm
+        if (run_dir / "summary.json").exists():
+            continue
+        t0 = time.time()
+        summary = run_experiment(
+            config(args, dataset, per_class, seed, arm), run_dir=run_dir, resume=True
+        )
+        acc = summary["accuracy"]["dense"][-1]
+        print(f"[{i + 1}/{len(order)}] {arm} {dataset} {per_class}/class seed {seed}: "
+              f"{100 * acc:.2f} % ({time.time() - t0:.0f} s)", flush=True)  # fmt: skip
+        write_outputs(args)
+
+
+def write_outputs(args) -> dict:
+    """Aggregate the finished runs into `args.out` (JSON) and its .md twin; returns the result."""
+    result = aggregate(args)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    Path(args.out).with_suffix(".md").write_text(markdown(result) + "\n")
+    return result
 
 
 def _stats(values: list[float]) -> dict:
@@ -67,54 +84,74 @@ def _stats(values: list[float]) -> dict:
     return {"mean": mean, "std": std, "n": len(values), "values": values}
 
 
+PICK = {
+    "N1": ("ke", lambda s: s["accuracy"]["dense"][0]),
+    "KE dense": ("ke", lambda s: s["accuracy"]["dense"][-1]),
+    "KE slim": ("ke", lambda s: s["accuracy"]["fit"][-1]),
+    "long": ("long", lambda s: s["accuracy"]["dense"][-1]),
+    "restarts": ("restarts", lambda s: s["accuracy"]["dense"][-1]),
+}
+
+
+def _summaries(args, dataset: str, per_class: int) -> dict[int, dict[str, dict]]:
+    out = {}
+    for seed in args.seeds:
+        base = Path(args.root) / dataset / f"pc{per_class}" / f"s{seed}"
+        found = {a: base / a / "summary.json" for a in ARMS}
+        out[seed] = {a: json.loads(p.read_text()) for a, p in found.items() if p.exists()}
+    return out
+
+
 def aggregate(args) -> dict:
-    """Mean ± sample std over seeds of every arm, plus paired differences KE − baselines."""
+    """Mean ± sample std over the seeds that finished each arm, plus paired (same seed, same subset,
+    same init) differences KE dense − baseline over the seeds that finished both."""
     rows = []
     for dataset in args.datasets:
         for per_class in args.per_class:
-            runs = {}
-            for seed in args.seeds:
-                base = Path(args.root) / dataset / f"pc{per_class}" / f"s{seed}"
-                found = {a: base / a / "summary.json" for a in ARMS}
-                if all(p.exists() for p in found.values()):
-                    runs[seed] = {a: json.loads(p.read_text()) for a, p in found.items()}
-            if not runs:
+            runs = _summaries(args, dataset, per_class)
+            value = {
+                k: {s: 100 * f(r[arm]) for s, r in runs.items() if arm in r}
+                for k, (arm, f) in PICK.items()
+            }
+            if not value["KE dense"]:
                 continue
-            pick = {
-                "N1": lambda r: r["ke"]["accuracy"]["dense"][0],
-                "KE dense": lambda r: r["ke"]["accuracy"]["dense"][-1],
-                "KE slim": lambda r: r["ke"]["accuracy"]["fit"][-1],
-                "long": lambda r: r["long"]["accuracy"]["dense"][-1],
-                "restarts": lambda r: r["restarts"]["accuracy"]["dense"][-1],
-            }
-            arms = {k: _stats([100 * f(r) for r in runs.values()]) for k, f in pick.items()}
-            diffs = {
-                f"KE - {b}": _stats(
-                    [100 * (pick["KE dense"](r) - pick[b](r)) for r in runs.values()]
-                )
-                for b in ("long", "restarts", "N1")
-            }
-            any_run = next(iter(runs.values()))
+            arms = {k: _stats(list(v.values())) for k, v in value.items() if v}
+            paired = {}
+            for b in ("long", "restarts", "N1"):
+                seeds = [s for s in value[b] if s in value["KE dense"]]
+                if seeds:
+                    paired[f"KE - {b}"] = _stats(
+                        [value["KE dense"][s] - value[b][s] for s in seeds]
+                    )
+            ke = [r["ke"] for r in runs.values() if "ke" in r]
             rows.append({
                 "dataset": dataset,
                 "per_class": per_class,
-                "seeds": sorted(runs),
-                "generations": any_run["ke"]["generations"],
-                "epochs_per_generation": any_run["ke"]["epochs_per_generation"],
-                "params": any_run["ke"]["params"],
-                "fit_curve": [
-                    statistics.fmean(100 * r["ke"]["accuracy"]["fit"][g] for r in runs.values())
-                    for g in range(any_run["ke"]["generations"])
-                ],
+                "seeds": {k: sorted(v) for k, v in value.items()},
+                "generations": ke[0]["generations"],
+                "epochs_per_generation": ke[0]["epochs_per_generation"],
+                "params": ke[0]["params"],
+                "curves": {
+                    net: [statistics.fmean(100 * s["accuracy"][net][g] for s in ke)
+                          for g in range(ke[0]["generations"])]
+                    for net in ("dense", "fit", "reset")
+                },
+                "wall_seconds": {a: sum(r[a]["wall_seconds_this_session"]
+                                        for r in runs.values() if a in r) for a in ARMS},
                 "arms": arms,
-                "paired": diffs,
+                "paired": paired,
             })  # fmt: skip
     return {"setting": vars(args), "rows": rows}
 
 
 def markdown(result: dict) -> str:
-    def ms(s):
-        return f"{s['mean']:.2f} ± {s['std']:.2f}"
+    """The results table: mean ± sample std (n seeds) per arm and the paired differences."""
+
+    def ms(stats: dict | None) -> str:
+        if stats is None:
+            return "–"
+        std = "" if stats["n"] < 2 else f" ± {stats['std']:.2f}"
+        return f"{stats['mean']:.2f}{std} (n={stats['n']})"
 
     g = result["rows"][0]["generations"] if result["rows"] else "G"
     lines = [
@@ -125,9 +162,10 @@ def markdown(result: dict) -> str:
     for r in result["rows"]:
         a, p = r["arms"], r["paired"]
         lines.append(
-            f"| {r['dataset']} | {r['per_class']} | {r['epochs_per_generation']} | {ms(a['N1'])} "
-            f"| {ms(a['KE dense'])} | {ms(a['KE slim'])} | {ms(a['long'])} | {ms(a['restarts'])} "
-            f"| {ms(p['KE - long'])} | {ms(p['KE - restarts'])} |"
+            f"| {r['dataset']} | {r['per_class']} | {r['epochs_per_generation']} "
+            f"| {ms(a.get('N1'))} | {ms(a.get('KE dense'))} | {ms(a.get('KE slim'))} "
+            f"| {ms(a.get('long'))} | {ms(a.get('restarts'))} "
+            f"| {ms(p.get('KE - long'))} | {ms(p.get('KE - restarts'))} |"
         )
     return "\n".join(lines)
 
@@ -141,7 +179,7 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--steps", type=int, default=250, help="SGD steps per generation")
-    parser.add_argument("--generations", type=int, default=5)
+    parser.add_argument("--generations", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/ke_small_data.json")
     parser.add_argument("--aggregate-only", action="store_true")
@@ -149,9 +187,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if not args.aggregate_only:
         run_all(args)
-    result = aggregate(args)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(markdown(result))
+    print(markdown(write_outputs(args)))
 
 
 if __name__ == "__main__":

@@ -88,7 +88,12 @@ def test_slim_structure_resnet18(r18):
 
 
 @pytest.mark.parametrize(
-    "make, shape", [(ConcatNet, (2, 3, 12, 12)), (lambda: small_cnn(10, width=12), (3, 1, 28, 28))]
+    "make, shape",
+    [
+        (ConcatNet, (2, 3, 12, 12)),
+        (lambda: small_cnn(10, width=12), (3, 1, 28, 28)),
+        (SqueezeExcite, (2, 3, 12, 12)),
+    ],
 )
 def test_slim_equivalence_concat_small_cnn_and_gating(make, shape):  # fmt: skip
     torch.manual_seed(1)
@@ -143,3 +148,13 @@ def test_cost_matches_official_log_numbers():
         assert cost(extract_slim(model, split(model, rate=rate)), x) == numbers
     assert model.training  # mode restored
     assert cost(model, torch.randn(2, 3, 224, 224))["macs"] == 1_813_612_544  # per sample
+
+
+def test_latency_interleaves_round_robin():
+    from efficientdl.knowledge_evolution.bench import latency
+
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    ms = latency(fns, device=torch.device("cpu"), warmup=2, runs=3)
+    assert set(ms) == {"a", "b", "c"} and all(v >= 0 for v in ms.values())
+    assert calls == ["a"] * 2 + ["b"] * 2 + ["c"] * 2 + ["a", "b", "c"] * 3

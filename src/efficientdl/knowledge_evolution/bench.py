@@ -20,19 +20,23 @@ def _sync(device: torch.device) -> None:
 
 
 def latency(
-    fn: Callable[[], object], *, device: torch.device, warmup: int = 10, runs: int = 50
-) -> float:
-    """Median wall time of `fn()` in milliseconds (after `warmup` calls; CUDA synchronised)."""
-    for _ in range(warmup):
-        fn()
+    fns: dict[str, Callable[[], object]], *, device: torch.device, warmup: int = 10, runs: int = 50
+) -> dict[str, float]:
+    """Median wall time in milliseconds of each `fns[name]()` after `warmup` calls each, the timed
+    calls interleaved round-robin so that load from other processes hits every variant alike
+    (CUDA synchronised around each call)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
     _sync(device)
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return 1000.0 * statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(1000.0 * (time.perf_counter() - t0))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def forward_fn(

@@ -78,34 +78,52 @@ def plot_generations(
     return path
 
 
+def _pct(record: dict[str, Any], net: str) -> str:
+    return f"{100 * record[net]['accuracy']:.2f}" if net in record else "–"
+
+
 def write_report(
     run_dir: str | Path, summary: dict[str, Any], history: list[dict[str, Any]]
 ) -> Path:
-    """report.md: the run's setting, a per-generation table and the generations plot."""
+    """report.md (same layout as the other methods' run reports, combined by `efficientdl
+    report`): the setting, the final dense and slim accuracy with their sizes, a per-generation
+    table and the accuracy-vs-generation plot."""
     run_dir = Path(run_dir)
+    r, last = summary["recipe"], history[-1]
+    subset = f", {summary['per_class']} images per class" if summary["per_class"] else ""
+    params, macs = last["params"], summary["macs"]
     lines = [
-        f"# Knowledge Evolution: {summary['name']} ({summary['arm']})",
+        f"# Knowledge Evolution run: {summary['model']} on {summary['dataset']} "
+        f"({summary['arm']} arm)",
         "",
-        f"{summary['model']} on {summary['dataset']}"
-        + (f", {summary['per_class']} images per class" if summary["per_class"] else "")
-        + f" ({summary['train_samples']} training, {summary['test_samples']} test images), "
-        f"seed {summary['seed']}: {summary['generations']} generation(s) × "
-        f"{summary['epochs_per_generation']} epochs. Generations are numbered from 1; every "
-        "number is the last-epoch network's test accuracy.",
+        f"{summary['train_samples']} training{subset} / {summary['test_samples']} test images, "
+        f"seed {summary['seed']}; {summary['generations']} generation(s) × "
+        f"{summary['epochs_per_generation']} epochs; {r['scheme'].upper()} split rate "
+        f"{r['split_rate']}, reset init '{r['reset_init']}', SGD lr {r['lr']}, batch "
+        f"{r['batch_size']}, label smoothing {r['label_smoothing']}"
+        + (", CS-KD" if r["cskd"] else "")
+        + ". Generations are numbered from 1; every number is the last-epoch network's test "
+        "accuracy (no best-epoch selection).",
         "",
-        "| generation | dense | fit (slim) | reset | params dense → fit | reset effect |",
+        f"**Generation {last['generation']}: dense {_pct(last, 'dense')} %, "
+        f"slim fit net {_pct(last, 'fit')} %** with {params['fit']:,} of {params['dense']:,} "
+        f"parameters"
+        + (
+            f" and {macs['fit']:,} of {macs['dense']:,} MACs per image "
+            f"({macs['dense'] / macs['fit']:.2f}× fewer)"
+            if "fit" in macs
+            else ""
+        )
+        + "; no fine-tuning of the slim net.",
+        "",
+        "| generation | dense % | fit (slim) % | reset % | reset effect | train s |",
         "|---|---|---|---|---|---|",
     ]
-
-    def pct(record, net):
-        return f"{100 * record[net]['accuracy']:.2f} %" if net in record else "–"
-
-    for r in history:
-        effect = f"{r['reset_effect']:.3f}" if "reset_effect" in r else "–"
-        params = f"{r['params']['dense']:,} → {r['params']['fit']:,}"
+    for rec in history:
+        effect = f"{rec['reset_effect']:.3f}" if "reset_effect" in rec else "–"
         lines.append(
-            f"| {r['generation']} | {pct(r, 'dense')} | {pct(r, 'fit')} | {pct(r, 'reset')} | "
-            f"{params} | {effect} |"
+            f"| {rec['generation']} | {_pct(rec, 'dense')} | {_pct(rec, 'fit')} | "
+            f"{_pct(rec, 'reset')} | {effect} | {rec['train_seconds']:.1f} |"
         )
     if (run_dir / "generations.png").exists():
         lines += ["", "![accuracy per generation](generations.png)"]
