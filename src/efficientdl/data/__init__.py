@@ -11,6 +11,7 @@ from efficientdl.data.cifar10 import (
     random_crop_flip,
     read_cifar_batch,
 )
+from efficientdl.data.cityscapes import CityScapes
 from efficientdl.data.digits import load_digits, read_digits
 from efficientdl.data.fashion_mnist import fashion_mnist_stats, load_fashion_mnist
 from efficientdl.data.fetch import fetch
@@ -22,12 +23,21 @@ from efficientdl.data.mnist import (
     load_mnist_bytes,
     read_mnist_pickle,
 )
+from efficientdl.data.multi_mnist import MultiMNIST
 from efficientdl.data.nmnist import NMNIST, decode_events, events_to_frames, read_events
+from efficientdl.data.nyuv2 import NYUv2
 from efficientdl.data.registry import available, get_dataset, known
+from efficientdl.data.scenes import ProceduralScenes
 from efficientdl.data.subsets import per_class_indices, random_shift, subset
+from efficientdl.data.taskonomy import Taskonomy
 
 __all__ = [
     "ArrayDataset",
+    "CityScapes",
+    "MultiMNIST",
+    "NYUv2",
+    "ProceduralScenes",
+    "Taskonomy",
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "DatasetFormatError",
