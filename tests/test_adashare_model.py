@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adashare_support import one_thread  # noqa: F401
-from efficientdl.adashare import AdaShareNet, Policy, TreeExecutor, curriculum_pad, flops
+from efficientdl.adashare import AdaShareNet, Policy, curriculum_pad, flops
 from efficientdl.adashare.counting import costs, param_counts
 
 TASKS = {"seg": 5, "normal": 3, "depth": 1}
@@ -243,51 +243,6 @@ def test_analytic_macs_match_hooks_and_the_spec(meta_models):
     c = costs(r34, 480, 640)
     assert c.stem + sum(c.residual) + sum(c.projection) == pytest.approx(108.98e9, rel=5e-3)
     assert c.heads["seg"] == pytest.approx(114.79e9, rel=5e-3)
-
-
-POLICIES = {
-    "identical": [[1, 0, 1, 1, 0, 1, 1, 0]] * 3,
-    "all_skip": [[0] * 8] * 3,
-    "all_execute": [[1] * 8] * 3,
-    "diverge_first": [[1] * 8, [0] + [1] * 7, [1] * 8],
-    "diverge_last": [[1] * 8, [1] * 7 + [0], [1] * 7 + [0]],
-    "random": torch.rand(3, 8, generator=torch.Generator().manual_seed(1)) < 0.5,
-}
-
-
-@pytest.mark.parametrize("name", list(POLICIES))
-def test_tree_executor_equals_per_task_and_official(name):
-    fast = small_model(dtype=torch.float32, width=16)
-    official = small_model("official", dtype=torch.float32, width=16)
-    official.load_state_dict(fast.state_dict())
-    policy = Policy(tuple(TASKS), torch.as_tensor(POLICIES[name]).bool())
-    x = torch.randn(2, 3, 48, 48)
-    calls = {"conv1": [], "proj": []}
-    hooks = [
-        b.conv1.register_forward_hook(lambda m, i, o, l=l: calls["conv1"].append(l))
-        for l, b in enumerate(fast.blocks)
-    ]
-    hooks += [
-        b.projection[0].register_forward_hook(lambda m, i, o, l=l: calls["proj"].append(l))
-        for l, b in enumerate(fast.blocks)
-        if b.projection is not None
-    ]
-    tree = TreeExecutor(fast, policy)
-    out = tree(x)
-    for h in hooks:
-        h.remove()
-    with torch.no_grad():
-        per_task, masked = fast(x, policy), official(x, policy)
-    for t in TASKS:
-        assert torch.equal(out[t], per_task[t]) and torch.equal(out[t], masked[t])
-    rows = [tuple(r) for r in policy.execute.tolist()]
-    for l in range(8):
-        nodes = {r[: l + 1] for r in rows}
-        assert calls["conv1"].count(l) == sum(p[-1] for p in nodes)  # skipped: never called
-        if fast.blocks[l].projection is not None:
-            assert calls["proj"].count(l) == len(nodes)
-    assert tree.stats()["blocks"] == len(calls["conv1"])
-    assert tree.stats()["macs"] == flops(fast, 48, 48, policy)["macs_shared"]
 
 
 def test_policy_helpers_and_json(tmp_path):

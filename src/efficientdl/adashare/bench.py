@@ -1,0 +1,452 @@
+"""AdaShare speed, side by side in one run (issue 6, spec §8).
+
+NYUv2 3-task setting (Deeplab-ResNet-34, ASPP heads; seg 40, normal 3, depth 1; `torch.rand`
+inputs, random targets): policy-search training step (soft Gumbel gates on all 16 blocks, fwd + bwd
+to weights and logits, SGD + Adam steps) of our fast path and of `exec_mode='official'` (NCHW fp32
+like the official code), hard-sharing step, inference of the 3 tasks under the spec's benchmark
+policy through the `TreeExecutor`, through the official masked mode and per task, hard-sharing
+inference and the backbone alone; then the executor time as more blocks are skipped. Variants are
+timed round-robin in one process (ratios stay fair under load from other processes).
+
+    python benchmarks/adashare_speed.py                       # CPU: 2 threads, batch 2, 193²
+    python benchmarks/adashare_speed.py --device cuda         # batch 16, 321²
+Prints a table and writes JSON (default benchmarks/adashare_speed.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from efficientdl.adashare.executor import TreeExecutor
+from efficientdl.adashare.losses import (
+    depth_loss,
+    normal_loss,
+    seg_loss,
+    sharing_loss,
+    sparsity_loss,
+)
+from efficientdl.adashare.model import AdaShareNet
+from efficientdl.adashare.policy import Policy
+
+TASKS = {"seg": 40, "normal": 3, "depth": 1}
+# §8 benchmark policy (seg, normal, depth): 8, 9, 7 executed; seg and normal share 5 blocks
+BENCH_POLICY = ("0101110011001100", "0101111001001011", "1110011000001001")
+OFFICIAL_ANCHORS_MS = {  # issue 6: official code, (H100 B=16 321², CPU 2 cores B=2 193²)
+    "search_step": (203.0, 5166.0),
+    "hard_step": (125.8, 3265.0),
+    "policy_inference": (66.2, 1275.0),
+    "hard_inference": (43.2, 759.0),
+    "backbone": (9.0, 255.0),
+}
+OFFICIAL_SEARCH_PEAK_GB = 14.9
+
+
+def policy_from_strings(tasks, rows) -> Policy:
+    """A hard `Policy` from one '0'/'1' string per task ('1' = execute)."""
+    for row in rows:
+        if set(row) - {"0", "1"}:
+            raise ValueError(f"policy rows must be strings of 0/1, got {row!r}")
+    return Policy(tuple(tasks), torch.tensor([[c == "1" for c in r] for r in rows]))
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timeit(fns: dict, device, *, warmup: int, iters: int, desc: str = "timing") -> dict:
+    """Median ms of each `fns[name]()` over `iters` round-robin rounds (order reversed every other
+    round, so a slow drift of the machine's load biases no variant) after `warmup` calls each, and
+    on CUDA the peak allocated memory (MB) of the call."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    times = {name: [] for name in fns}
+    peaks = dict.fromkeys(fns, None)
+    names = list(fns)
+    for i in tqdm(range(iters), desc=desc, leave=False):
+        for name in names if i % 2 == 0 else reversed(names):  # alternate: no drift bias
+            fn = fns[name]
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(1000 * (time.perf_counter() - start))
+            if device.type == "cuda":
+                peaks[name] = torch.cuda.max_memory_allocated(device) / 2**20
+    return {
+        n: {"ms": statistics.median(t), "all_ms": t, "peak_mb": peaks[n]} for n, t in times.items()
+    }
+
+
+def saved_tensor_mb(fn) -> float:
+    """MB of distinct storages autograd saves for backward during `fn()` (activation memory, a
+    device-independent measure where no allocator statistics exist)."""
+    seen: dict[tuple, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        seen[(t.device, storage.data_ptr())] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values()) / 2**20
+
+
+class Setting:
+    """Model, optimisers, inputs and targets of the benchmark (one model; `exec_mode` is switched
+    per call, so both modes use identical weights)."""
+
+    def __init__(self, args, device) -> None:
+        torch.manual_seed(0)
+        self.device = device
+        self.args = args
+        self.model = AdaShareNet(args.backbone, TASKS, "aspp", width=args.width).to(device)
+        fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+        self.model = self.model.to(memory_format=fmt)
+        g = torch.Generator().manual_seed(1)
+        b, s = args.batch, args.size
+        self.x = torch.rand(b, 3, s, s, generator=g).to(device).contiguous(memory_format=fmt)
+        normal = torch.randn(b, 3, s, s, generator=g)
+        self.targets = {
+            "seg": torch.randint(0, TASKS["seg"], (b, s, s), generator=g).to(device),
+            "normal": (normal / normal.norm(dim=1, keepdim=True)).to(device),
+            "depth": (0.5 + 9.5 * torch.rand(b, 1, s, s, generator=g)).to(device),
+        }
+        groups = self.model.parameter_groups()
+        self.sgd = torch.optim.SGD(groups["backbone"] + groups["heads"], lr=1e-4, momentum=0.9)
+        self.adam = torch.optim.Adam(groups["policy"], lr=0.01)
+        self.policy = policy_from_strings(TASKS, args.policy)
+        self.gen = torch.Generator().manual_seed(2)
+
+    def autocast(self):
+        if self.args.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def mode(self, exec_mode: str):
+        saved, self.model.exec_mode = self.model.exec_mode, exec_mode
+        try:
+            yield self.model
+        finally:
+            self.model.exec_mode = saved
+
+    def loss(self, out: dict) -> torch.Tensor:
+        t = self.targets
+        return (
+            seg_loss(out["seg"].float(), t["seg"])
+            + normal_loss(out["normal"].float(), t["normal"])
+            + depth_loss(out["depth"].float(), t["depth"])
+        )
+
+    def forward_search(self, exec_mode: str) -> torch.Tensor:
+        """Forward and loss of one search step (soft gates on all blocks, regularisers)."""
+        model = self.model
+        with self.mode(exec_mode):
+            gates = model.sample_gates(5.0, generator=self.gen)
+            with self.autocast():
+                out = model(self.x, gates)
+        reg = sparsity_loss(model.policy_logits) + sharing_loss(model.policy_logits)
+        return self.loss(out) + 0.05 * reg
+
+    def search_step(self, exec_mode: str) -> None:
+        """One policy-search step: fwd, bwd to weights and logits, SGD and Adam steps."""
+        self.model.train()
+        self.sgd.zero_grad(set_to_none=True)
+        self.adam.zero_grad(set_to_none=True)
+        self.forward_search(exec_mode).backward()
+        self.sgd.step()
+        self.adam.step()
+
+    def forward_hard(self) -> torch.Tensor:
+        with self.autocast():
+            out = self.model(self.x)
+        return self.loss(out)
+
+    def hard_step(self) -> None:
+        """One hard-sharing step (one backbone pass, three heads, SGD)."""
+        self.model.train()
+        self.sgd.zero_grad(set_to_none=True)
+        self.forward_hard().backward()
+        self.sgd.step()
+
+    @torch.no_grad()
+    def infer(self, policy, exec_mode: str = "fast") -> dict:
+        self.model.eval()
+        with self.mode(exec_mode), self.autocast():
+            return self.model(self.x, policy)
+
+    @torch.no_grad()
+    def backbone(self) -> torch.Tensor:
+        self.model.eval()
+        with self.autocast():
+            h = self.model.stem(self.x)
+            for block in self.model.blocks:
+                h = block.execute(h)
+        return h
+
+    def executor(self, policy: Policy) -> TreeExecutor:
+        dtype = torch.bfloat16 if self.args.precision == "bf16" else None
+        return TreeExecutor(self.model, policy, autocast=dtype)
+
+
+def worst_policy(num_tasks: int, num_blocks: int) -> Policy:
+    """All blocks executed except block k for task k: the tasks diverge at blocks 0…K−2, so the tree
+    holds almost K full backbones (the worst case of §8)."""
+    execute = torch.ones(num_tasks, num_blocks, dtype=torch.bool)
+    execute[torch.arange(num_tasks), torch.arange(num_tasks)] = False
+    return Policy(tuple(TASKS), execute)
+
+
+def sweep_policies(num_tasks: int, num_blocks: int, skips, seed: int = 0) -> dict:
+    """Identical policies for all tasks that skip nested random sets of `skips` blocks."""
+    order = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(seed))
+    out = {}
+    for s in skips:
+        execute = torch.ones(num_tasks, num_blocks, dtype=torch.bool)
+        execute[:, order[:s]] = False
+        out[s] = Policy(tuple(TASKS), execute)
+    return out
+
+
+def _targets(res: dict, device) -> list[dict]:
+    """Each target of issue 6 for this device with its number and met/missed."""
+    ms = {k: v["ms"] for k, v in res["main"].items()}
+    sweep = [res["sweep"][k]["ms"] for k in sorted(res["sweep"], key=int)]
+    tree, hard = ms["tree_inference"], ms["hard_inference"]
+    out = []
+
+    def add(name, value, ok):
+        out.append({"target": name, "value": value, "met": bool(ok)})
+
+    if device.type == "cpu":
+        add("tree inference / hard-sharing inference <= 1.05", tree / hard, tree <= 1.05 * hard)
+        off = ms["official_policy_inference"]
+        add("official-mode policy inference / tree inference >= 1.5", off / tree, off >= 1.5 * tree)
+        add(
+            "executor time falls as more blocks are skipped",
+            sweep,
+            all(a > b for a, b in zip(sweep, sweep[1:])),
+        )
+        s_ours, s_off = ms["search_step_fast"], ms["search_step_official"]
+        add("search step fast / official-mode <= 1.0", s_ours / s_off, s_ours <= s_off)
+    else:
+        add("tree inference / hard-sharing inference <= 1.0", tree / hard, tree <= hard)
+        step = ms["search_step_fast"]
+        add("search step <= 203/1.6 = 126.9 ms (official anchor)", step, step <= 203 / 1.6)
+        peak = res["main"]["search_step_fast"]["peak_mb"] / 1024
+        add(
+            f"search step peak < {OFFICIAL_SEARCH_PEAK_GB} GB and < official mode",
+            peak,
+            peak < OFFICIAL_SEARCH_PEAK_GB
+            and peak * 1024 < res["main"]["search_step_official"]["peak_mb"],
+        )
+    return out
+
+
+def run(args) -> dict:
+    """Run the benchmark, print the table and write the JSON; returns the result dict."""
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda requested but CUDA is not available")
+    gpu = device.type == "cuda"
+    args.batch = args.batch or (16 if gpu else 2)
+    args.size = args.size or (321 if gpu else 193)
+    torch.set_num_threads(args.threads)
+    # untrained N(0, 0.01²) weights with fresh BN running stats shrink eval-mode activations into
+    # denormals, which are ~100× slower on CPUs; flush them to zero for every variant alike
+    flushed = torch.set_flush_denormal(True)
+    try:
+        res = _measure(args, device)
+    finally:
+        if flushed:
+            torch.set_flush_denormal(False)
+    print(format_table(res))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=1))
+    return res
+
+
+def _measure(args, device) -> dict:
+    gpu = device.type == "cuda"
+    ours = Setting(args, device)
+    # the official code runs NCHW fp32: so does exec_mode='official' here (same initial weights)
+    tuned = args.channels_last or args.precision != "fp32"
+    off = ours
+    if tuned:
+        off = Setting(
+            argparse.Namespace(**{**vars(args), "channels_last": False, "precision": "fp32"}),
+            device,
+        )
+        off.model.load_state_dict(ours.model.state_dict())
+    tree = ours.executor(ours.policy)
+    worst = ours.executor(worst_policy(len(TASKS), ours.model.num_blocks))
+    main = {
+        "search_step_fast": lambda: ours.search_step("fast"),
+        "search_step_official": lambda: off.search_step("official"),
+        "hard_step": ours.hard_step,
+    }
+    if tuned:
+        main["search_step_fast_nchw_fp32"] = lambda: off.search_step("fast")
+    res = {
+        "main": timeit(
+            main, device, warmup=args.train_warmup, iters=args.train_iters, desc="training steps"
+        )
+    }
+    infer = {
+        "tree_inference": lambda: tree(ours.x),
+        "tree_inference_worst_case": lambda: worst(ours.x),
+        "official_policy_inference": lambda: off.infer(off.policy, "official"),
+        "per_task_inference": lambda: ours.infer(ours.policy),
+        "hard_inference": lambda: ours.infer(None),
+        "backbone": ours.backbone,
+    }
+    if tuned:
+        infer["hard_inference_nchw_fp32"] = lambda: off.infer(None)
+    res["main"].update(
+        timeit(infer, device, warmup=args.warmup, iters=args.iters, desc="inference")
+    )
+    for name, st, fn in (
+        ("search_step_fast", ours, lambda: ours.forward_search("fast")),
+        ("search_step_official", off, lambda: off.forward_search("official")),
+        ("hard_step", ours, ours.forward_hard),
+    ):
+        st.model.train()
+        res["main"][name]["saved_mb"] = saved_tensor_mb(fn)
+    tree(ours.x)
+    res["tree_stats"] = tree.stats()
+    sweep = sweep_policies(len(TASKS), ours.model.num_blocks, args.sweep)
+    execs = {s: ours.executor(p) for s, p in sweep.items()}
+    timed = timeit(
+        {str(s): (lambda e=e: e(ours.x)) for s, e in execs.items()},
+        device,
+        warmup=1,
+        iters=args.sweep_iters,
+        desc="skip sweep",
+    )
+    for s, e in execs.items():
+        timed[str(s)]["macs"] = e.stats()["macs"]
+    res["sweep"] = timed
+    res["targets"] = _targets(res, device)
+    res["config"] = {
+        "device": str(device),
+        "machine": platform.processor() or platform.machine(),
+        "gpu": torch.cuda.get_device_name(device) if gpu else None,
+        "threads": args.threads,
+        "batch": args.batch,
+        "size": args.size,
+        "precision": args.precision,
+        "channels_last": args.channels_last,
+        "backbone": args.backbone,
+        "width": args.width,
+        "torch": torch.__version__,
+        "warmup": args.warmup,
+        "train_warmup": args.train_warmup,
+        "sweep_iters": args.sweep_iters,
+        "iters": args.iters,
+        "train_iters": args.train_iters,
+        "policy": list(args.policy),
+        "official_anchor_ms": OFFICIAL_ANCHORS_MS,
+        "flush_denormal": device.type == "cpu",
+    }
+    return res
+
+
+def format_table(res: dict) -> str:
+    """Markdown tables of a result dict (main rows, sweep, targets)."""
+    m = res["main"]
+
+    def mem(row):
+        if row.get("peak_mb") is not None:
+            return f"{row['peak_mb'] / 1024:.2f} GB peak"
+        return f"{row['saved_mb']:.0f} MB saved" if "saved_mb" in row else "n/a"
+
+    rows = [
+        ("policy-search step, ours (fast)", "search_step_fast", "search_step_official"),
+        ("policy-search step, exec_mode='official'", "search_step_official", None),
+        (
+            "policy-search step, ours, NCHW fp32",
+            "search_step_fast_nchw_fp32",
+            "search_step_official",
+        ),
+        ("hard-sharing step", "hard_step", None),
+        ("3-task inference, TreeExecutor, benchmark policy", "tree_inference", "hard_inference"),
+        (
+            "3-task inference, TreeExecutor, worst case (task k skips only block k)",
+            "tree_inference_worst_case",
+            "hard_inference",
+        ),
+        (
+            "3-task inference, exec_mode='official', same policy",
+            "official_policy_inference",
+            "hard_inference",
+        ),
+        (
+            "3-task inference, per-task true skip, same policy",
+            "per_task_inference",
+            "hard_inference",
+        ),
+        ("hard-sharing inference (1 backbone + 3 heads)", "hard_inference", None),
+        ("hard-sharing inference, NCHW fp32", "hard_inference_nchw_fp32", None),
+        ("backbone alone", "backbone", None),
+    ]
+    lines = ["| work | ms | ratio | memory |", "|---|---:|---|---|"]
+    for label, key, ref in rows:
+        if key not in m:
+            continue
+        ratio = f"{m[key]['ms'] / m[ref]['ms']:.3f}× {ref}" if ref else ""
+        lines.append(f"| {label} | {m[key]['ms']:.1f} | {ratio} | {mem(m[key])} |")
+    lines += ["", "| blocks skipped (all tasks) | ms | GMACs/image |", "|---:|---:|---:|"]
+    for s, row in res["sweep"].items():
+        lines.append(f"| {s} | {row['ms']:.1f} | {row['macs'] / 1e9:.2f} |")
+    lines += ["", "| target | value | met |", "|---|---|---|"]
+    for t in res["targets"]:
+        v = t["value"]
+        v = f"{v:.3f}" if isinstance(v, float) else ", ".join(f"{x:.0f}" for x in v)
+        lines.append(f"| {t['target']} | {v} | {'met' if t['met'] else 'missed'} |")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmark's command-line options."""
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=None, help="default 2 (CPU) / 16 (CUDA)")
+    parser.add_argument("--size", type=int, default=None, help="default 193 (CPU) / 321 (CUDA)")
+    parser.add_argument("--backbone", default="resnet34", choices=("resnet18", "resnet34"))
+    parser.add_argument(
+        "--policy",
+        nargs=3,
+        default=list(BENCH_POLICY),
+        metavar="BITS",
+        help="seg, normal, depth rows of 0/1 (default: the §8 benchmark policy)",
+    )
+    parser.add_argument("--width", type=int, default=64, help="stage-1 channels (64 = paper)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls, inference")
+    parser.add_argument("--train-warmup", type=int, default=1, help="untimed calls, steps")
+    parser.add_argument("--iters", type=int, default=5, help="timed rounds, inference")
+    parser.add_argument("--train-iters", type=int, default=3, help="timed rounds, training steps")
+    parser.add_argument("--sweep", type=int, nargs="+", default=[0, 4, 8, 12, 16])
+    parser.add_argument("--sweep-iters", type=int, default=3)
+    parser.add_argument("--out", default="benchmarks/adashare_speed.json")

@@ -1,0 +1,189 @@
+"""TreeExecutor (issue 6): bit-exact against per-task execution, one evaluation per distinct
+prefix, per-task exported networks, cost falling with skipped blocks."""
+
+import argparse
+import json
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from adashare_support import one_thread  # noqa: F401
+from efficientdl.adashare import AdaShareNet, Policy, TreeExecutor, bench, flops, param_counts
+from efficientdl.adashare.executor import TaskNetwork, export_task
+
+TASKS = {"seg": 5, "normal": 3, "depth": 1, "edge": 1}
+L = 8
+
+
+def _model(exec_mode="fast", head="light", width=8):
+    torch.manual_seed(0)
+    model = AdaShareNet("resnet18", TASKS, head, exec_mode=exec_mode, width=width)
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():  # non-trivial BN so that skips and executes differ visibly
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean = 0.2 * torch.randn(m.num_features, generator=g)
+            m.running_var = 0.5 + torch.rand(m.num_features, generator=g)
+            m.bias.data = 0.3 * torch.randn(m.num_features, generator=g)
+        elif isinstance(m, nn.Conv2d):
+            m.weight.data = (
+                torch.randn(m.weight.shape, generator=g) * (2 / m.weight[0].numel()) ** 0.5
+            )
+    return model.eval()
+
+
+def _policies():
+    g = torch.Generator().manual_seed(7)
+    rows = {
+        "all_skip": torch.zeros(4, L),
+        "all_execute": torch.ones(4, L),
+        "identical": (torch.rand(1, L, generator=g) < 0.5).expand(4, L),
+        "diverge_first": torch.tensor([[1] * L, [0] + [1] * 7, [1] * L, [0] + [1] * 7]),
+        "diverge_last": torch.tensor([[1] * L, [1] * 7 + [0], [1] * L, [1] * 7 + [0]]),
+    }
+    for i in range(6):
+        r = torch.rand(4, L, generator=g) < 0.5
+        r[3] = r[i % 3]  # a task whose policy equals another's
+        rows[f"random{i}"] = r
+    return {name: Policy(tuple(TASKS), r.bool()) for name, r in rows.items()}
+
+
+POLICIES = _policies()
+
+
+def _prefixes(policy):
+    """Independent enumeration: the set of distinct decision prefixes of lengths 1…L."""
+    rows = [tuple(r) for r in policy.execute.tolist()]
+    return {r[:n] for r in rows for n in range(1, L + 1)}
+
+
+def test_tree_equals_per_task_and_official_and_counts_each_prefix_once():
+    fast, official = _model(), _model("official")
+    official.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 3, 40, 40)
+    for name, policy in POLICIES.items():
+        calls = {"conv1": [], "proj": []}
+        hooks = [
+            b.conv1.register_forward_hook(lambda m, i, o, l=l, c=calls: c["conv1"].append(l))
+            for l, b in enumerate(fast.blocks)
+        ] + [
+            b.projection[0].register_forward_hook(lambda m, i, o, l=l, c=calls: c["proj"].append(l))
+            for l, b in enumerate(fast.blocks)
+            if b.projection is not None
+        ]
+        tree = TreeExecutor(fast, policy)
+        out = tree(x)
+        for h in hooks:
+            h.remove()
+        with torch.no_grad():
+            per_task, masked = fast(x, policy), official(x, policy)
+        for t in TASKS:
+            assert torch.equal(out[t], per_task[t]), (name, t)
+            assert torch.equal(out[t], masked[t]), (name, t)
+        nodes = _prefixes(policy)
+        executed = [p for p in nodes if p[-1]]
+        assert tree.num_nodes() == len(nodes) == tree.stats()["nodes"], name
+        assert tree.stats()["blocks"] == len(executed) == len(calls["conv1"]), name
+        assert tree.stats()["macs"] == flops(fast, 40, 40, policy)["macs_shared"], name
+        for l, b in enumerate(fast.blocks):
+            assert calls["conv1"].count(l) == sum(len(p) == l + 1 for p in executed), (name, l)
+            if b.projection is not None:
+                assert calls["proj"].count(l) == sum(len(p) == l + 1 for p in nodes), (name, l)
+
+
+def test_tree_under_channels_last_and_bf16_autocast_matches_per_task():
+    model = _model().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 40, 40).contiguous(memory_format=torch.channels_last)
+    policy = POLICIES["random0"]
+    out = TreeExecutor(model, policy)(x)
+    with torch.no_grad():
+        ref = model(x, policy)
+    assert all(torch.equal(out[t], ref[t]) for t in TASKS)
+    out = TreeExecutor(model, policy, autocast=torch.bfloat16)(x)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = model(x, policy)
+    assert all(out[t].dtype == torch.bfloat16 and torch.equal(out[t], ref[t]) for t in TASKS)
+    with pytest.raises(ValueError, match="autocast"):
+        TreeExecutor(model, policy, autocast="bf16")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("method", ["export", "trace"])
+def test_exported_task_networks_hold_only_executed_blocks(method):
+    model = _model(head="aspp", width=4)
+    policy = POLICIES["random1"]
+    x = torch.randn(2, 3, 40, 40)
+    tree = TreeExecutor(model, policy)(x)
+    counts = param_counts(model, policy)["per_task"]
+    for k, task in enumerate(TASKS):
+        net = TaskNetwork(model, policy, task)
+        assert sum(p.numel() for p in net.parameters()) == counts[task]
+        kept = {id(p) for p in net.parameters()}
+        for block, run in zip(model.blocks, policy.execute[k].tolist()):
+            assert (id(block.conv1.weight) in kept) == run
+        exported = export_task(model, policy, task, x, method=method)
+        run = exported.module() if method == "export" else exported
+        with torch.no_grad():
+            assert torch.equal(run(x), tree[task]), task
+    assert not model.training
+    with pytest.raises(ValueError, match="export method"):
+        export_task(model, policy, "seg", x, method="onnx")
+    with pytest.raises(ValueError, match="unknown task"):
+        TaskNetwork(model, policy, "sky")
+
+
+def test_cost_and_time_fall_as_more_blocks_are_skipped():
+    model = _model(width=16)
+    x = torch.randn(2, 3, 64, 64)
+    order = torch.randperm(L, generator=torch.Generator().manual_seed(3))
+    macs, times = [], []
+    for skipped in (0, 4, 8):
+        execute = torch.ones(4, L, dtype=torch.bool)
+        execute[:, order[:skipped]] = False
+        tree = TreeExecutor(model, Policy(tuple(TASKS), execute))
+        tree(x)
+        macs.append(tree.stats()["macs"])
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            tree(x)
+            best = min(best, time.perf_counter() - start)
+        times.append(best)
+    assert macs[0] > macs[1] > macs[2]
+    assert times[2] < times[0]
+
+
+def test_bad_policy_is_rejected():
+    model = _model()
+    with pytest.raises(ValueError, match="tasks"):
+        TreeExecutor(model, Policy(("a", "b"), torch.ones(2, L, dtype=torch.bool)))
+    with pytest.raises(ValueError, match="blocks"):
+        TreeExecutor(model, Policy(tuple(TASKS), torch.ones(4, 16, dtype=torch.bool)))
+
+
+def test_speed_benchmark_runs_and_reports_each_target(tmp_path):
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = tmp_path / "speed.json"
+    args = parser.parse_args(
+        "--backbone resnet18 --width 4 --size 33 --threads 1 --warmup 0 --iters 1 "
+        "--train-iters 1 --sweep 0 8 --sweep-iters 1 --channels-last "
+        f"--policy 01011100 01011110 11100110 --out {out}".split()
+    )
+    bench.run(args)
+    res = json.loads(out.read_text())
+    assert {
+        "search_step_official",
+        "search_step_fast_nchw_fp32",
+        "tree_inference_worst_case",
+    } <= set(res["main"])
+    assert all(row["ms"] > 0 for row in res["main"].values())
+    assert res["main"]["search_step_fast"]["saved_mb"] > 0
+    model = AdaShareNet("resnet18", bench.TASKS, "aspp", width=4)
+    policy = bench.policy_from_strings(bench.TASKS, args.policy)
+    assert res["tree_stats"]["macs"] == flops(model, 33, 33, policy)["macs_shared"]
+    assert res["sweep"]["0"]["macs"] > res["sweep"]["8"]["macs"]
+    assert len(res["targets"]) == 4 and all(isinstance(t["met"], bool) for t in res["targets"])
+    with pytest.raises(ValueError, match="0/1"):
+        bench.policy_from_strings(bench.TASKS, ["0102", "1111", "0000"])
