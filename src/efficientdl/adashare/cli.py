@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from efficientdl.core.config import add_config_args
+
 ACTIONS = {
     "pipeline": "everything: baselines, search, sampling, re-training, selection, results",
     "warmup": "hard-sharing warm-up",
@@ -29,18 +31,19 @@ def register(sub) -> None:
     actions = ada.add_subparsers(dest="action", required=True)
     for name, text in ACTIONS.items():
         p = actions.add_parser(name, help=text)
-        p.add_argument("--config", default=None,
-                       help="YAML, e.g. configs/adashare/procedural_3task.yaml")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config field (repeatable); unknown keys are errors")
+        add_config_args(p, example="configs/adashare/procedural_3task.yaml", required=False)
         p.add_argument("--run-dir", default=None, help="run folder (continued when it exists)")
         if name == "retrain":
             p.add_argument("--sample", type=int, default=None, help="only this sample index")
         if name == "evaluate":
             p.add_argument("--split", choices=("val", "test"), default="test")
         if name == "baseline":
-            p.add_argument("--name", required=True, help="single_task, multi_task, random_policy, "
-                           "stochastic_depth, no_sparsity, no_sharing, no_curriculum, reinforce")
+            p.add_argument(
+                "--name",
+                required=True,
+                help="single_task, multi_task, random_policy, "
+                "stochastic_depth, no_sparsity, no_sharing, no_curriculum, reinforce",
+            )
         p.set_defaults(func=_run)
 
 

@@ -160,6 +160,7 @@ def write_report(trainer, runs: dict, table: dict) -> None:
         "AdaShare = the re-trained sample with the best validation Δ_T.",
         "",
         markdown_table(table, trainer.spec.higher_is_better),
+        *delta_lines(runs, table, trainer.spec.higher_is_better),
     ]
     ada = runs.get("adashare")
     if ada is not None:
@@ -174,6 +175,23 @@ def write_report(trainer, runs: dict, table: dict) -> None:
             "",
         ]
     (trainer.run_dir / "report.md").write_text("\n".join(lines))
+
+
+def delta_lines(runs: dict, table: dict, higher_is_better: dict) -> list[str]:
+    """Report sentences: Δ_T of every run against single-task, and AdaShare against hard sharing."""
+    lines = []
+    against_single = [
+        f"{n} {r['delta_t']:+.2f}%" for n, r in table.items() if r["delta_t"] is not None
+    ]
+    if against_single:
+        lines += [f"Δ_T against the single-task baseline: {', '.join(against_single)}.", ""]
+    if "adashare" in runs and "multi_task" in runs:
+        try:
+            dt = delta_t(runs["adashare"]["test"], runs["multi_task"]["test"], higher_is_better)
+            lines += [f"Δ_T of AdaShare against hard sharing: {dt['delta_t']:+.2f}%.", ""]
+        except ValueError as err:  # a hard-sharing metric of 0 (tiny runs)
+            lines += [f"Δ_T of AdaShare against hard sharing: undefined ({err}).", ""]
+    return lines
 
 
 def markdown_table(table: dict, higher_is_better: dict) -> str:
