@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from efficientdl.cli import main
 
@@ -64,3 +65,41 @@ def test_snn_bench_writes_a_table_and_json(tmp_path, capsys):
     assert row["fused_over_floor"] == row["fused_ms"] / row["floor_ms"]
     assert [r["T"] for r in result["neuron"]] == [4, 8, 16, 32]
     assert "fused/floor" in capsys.readouterr().out
+
+
+def test_evaluate_and_stats_take_run_dir_and_or_config(tmp_path, capsys, monkeypatch):
+    from efficientdl.data import ArrayDataset
+    from efficientdl.snn import train as train_module
+
+    g = torch.Generator().manual_seed(0)
+    data = tuple(
+        ArrayDataset(torch.randn(n, 1, 28, 28, generator=g), torch.arange(n) % 10) for n in (20, 12)
+    )
+    monkeypatch.setattr(train_module, "_load_data", lambda recipe, root: data)
+    run = str(tmp_path / "run")
+    small = ["--set", "epochs=1", "--set", "batch_size=10", "--set", "train_subset=null"]
+    assert main(["snn", "train", "--config", CONFIG, "--run-dir", run, "--no-report", *small]) == 0
+    out = capsys.readouterr().out
+    trained = json.loads(out[out.index("{") :])["final_test_accuracy"]
+    assert main(["snn", "evaluate", "--run-dir", run]) == 0  # the checkpoint's saved recipe
+    assert json.loads(capsys.readouterr().out)["accuracy"] == trained
+    assert main(["snn", "evaluate", "--run-dir", run, "--config", CONFIG, *small]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == trained
+    fmnist = CONFIG.replace("demo.yaml", "fmnist_cnn.yaml")
+    assert main(["snn", "evaluate", "--run-dir", run, "--config", fmnist]) == 2
+    assert "holds a 'mnist_cnn' checkpoint" in capsys.readouterr().err
+    assert main(["snn", "stats", "--config", CONFIG, "--batches", "1"]) == 0  # as initialised
+    assert "layers" in capsys.readouterr().out
+    assert main(["snn", "stats"]) == 2
+    assert "give --run-dir (a trained run) or --config" in capsys.readouterr().err
+
+
+def test_snn_bench_times_the_network_of_a_config(tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    fmnist_mlp = CONFIG.replace("demo.yaml", "fmnist_mlp.yaml")
+    args = ["snn", "bench", "--config", fmnist_mlp, "--set", "batch_size=3", "--set", "T=2"]
+    assert main([*args, "--warmup", "0", "--iters", "1", "--neurons", "8", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["networks"]
+    assert (row["network"], row["batch"], row["T"]) == ("fmnist_mlp", 3, 2)
+    assert main(["snn", "bench", "--set", "T=2"]) == 2
+    assert "--set needs --config" in capsys.readouterr().err

@@ -121,3 +121,12 @@ def test_gpu_recurrences_match_reference_on_cpu(options):
         grad, membrane, c, full["warmup_surrogate"], full["intra_neuron"]
     )
     torch.testing.assert_close(got, ref_grad, rtol=1e-12, atol=1e-15)
+
+
+def test_triton_modules_build_on_the_cpu_and_fail_only_when_run_there():
+    """Modules are built on the CPU and moved to CUDA later: construction checks the name only."""
+    net = build("mnist_cnn", backend="triton")
+    with pytest.raises(ValueError, match="needs a CUDA tensor"):
+        net(torch.rand(2, 1, 28, 28))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        build("mnist_cnn", backend="cuda")

@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from efficientdl.core.config import add_config_args, load_config
 from efficientdl.snn import SpikingConv2d, SpikingDropout, SpikingLinear, SumPool2d, tsslbp
-from efficientdl.snn.models import build, list_models, recipe
+from efficientdl.snn.models import TSSLBPRecipe, build, list_models, recipe
 from efficientdl.snn.train import compute_loss, make_optimizer, train_step
 
 INPUT = {
@@ -153,11 +154,13 @@ def _floor_forward(model, x, y, r, T):
     return compute_loss(out.reshape(T, -1, out.shape[-1]), y, r)
 
 
-def bench_network(name, device, batch, warmup, iters):
-    """Times of our step (fused, torch) and the floor for one network."""
+def bench_network(name, device, batch, warmup, iters, r=None):
+    """Times of our step (fused, torch) and the floor for one network, trained with recipe `r`
+    (default: the spec's recipe of `name`)."""
     torch.manual_seed(0)
     shape = INPUT[name]
-    r = recipe(name.replace("_t100", ""), device=device.type)
+    if r is None:
+        r = recipe(name.replace("_t100", ""), device=device.type)
     T = r.T
     if name == "nmnist_cnn":
         x = (torch.rand(T, batch, *shape, device=device) < 0.1).float()
@@ -169,10 +172,10 @@ def bench_network(name, device, batch, warmup, iters):
     row = {"network": name, "batch": batch, "T": T}
     steps, forwards = {}, {}
     for backend in ("fused", "torch"):
-        net = build(name, backend=backend).to(device)
+        net = build(name, **{**r.model_overrides(), "backend": backend}).to(device)
         steps[backend] = functools.partial(train_step, net, make_optimizer(net, r), x, y, r)
         forwards[backend] = functools.partial(_spiking_forward, net, x, y, r)
-    floor = FloorNet(build(name)).to(device)
+    floor = FloorNet(build(name, **r.model_overrides())).to(device)
     steps["floor"] = functools.partial(
         floor_step, floor, make_optimizer(floor, r), x_floor, y, r, T
     )
@@ -210,6 +213,9 @@ def _triple(row, kind):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's options (shared by benchmarks/snn_speed.py and `efficientdl snn bench`)."""
+    add_config_args(
+        parser, example="configs/snn/fmnist_cnn.yaml (times that recipe's network)", required=False
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
@@ -234,14 +240,20 @@ def run(args) -> dict:
     """Run the benchmark for parsed `args`; print the table, write and return the JSON."""
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    if args.nets in (None, "") and device.type == "cpu":
+    r = None
+    if args.config is not None:
+        r = load_config(TSSLBPRecipe, args.config, args.overrides).validate()
+        nets, args.batch = [r.model], r.batch_size
+    elif args.overrides:
+        raise ValueError("--set needs --config (the recipe to override)")
+    elif args.nets in (None, "") and device.type == "cpu":
         nets = ["mnist_cnn", "fmnist_cnn"]
     elif args.nets in (None, "", "all"):
         nets = list_models()
     else:
         nets = args.nets.split(",")
     neurons = args.neurons or (65536 if device.type == "cuda" else 4096)
-    rows = [bench_network(n, device, args.batch, args.warmup, args.iters) for n in nets]
+    rows = [bench_network(n, device, args.batch, args.warmup, args.iters, r) for n in nets]
     neuron_rows = [
         bench_neuron(device, T, neurons, args.warmup, args.iters) for T in (4, 8, 16, 32)
     ]

@@ -19,12 +19,17 @@ def register(sub) -> None:
     train.add_argument("--no-report", action="store_true", help="skip report.md and the plots")
     train.set_defaults(func=_train)
     evaluate = actions.add_parser("evaluate", help="test accuracy of a run's checkpoint")
-    evaluate.add_argument("--run-dir", required=True)
-    evaluate.add_argument("--set", dest="overrides", action="append", default=[])
-    evaluate.set_defaults(func=_evaluate)
     stats = actions.add_parser("stats", help="firing rates and SynOps of a run's checkpoint")
-    stats.add_argument("--run-dir", required=True)
+    for p in (evaluate, stats):
+        add_config_args(p, example="configs/snn/mnist_cnn.yaml", required=False)
+        p.add_argument(
+            "--run-dir",
+            default=None,
+            help="run folder whose checkpoint.pt is loaded (its saved recipe unless --config); "
+            "without it, the --config network as initialised",
+        )
     stats.add_argument("--batches", type=int, default=10)
+    evaluate.set_defaults(func=_evaluate)
     stats.set_defaults(func=_stats)
     bench = actions.add_parser("bench", help="training-step speed vs the ANN floor (issue 4)")
     bench.set_defaults(func=_bench)
@@ -53,16 +58,29 @@ def _train(args) -> int:
     return 0
 
 
-def _load_run(run_dir, overrides=()):
+def _load_run(args):
+    """(recipe, network, data) of `--run-dir`'s checkpoint and/or `--config`, with `--set`."""
     from efficientdl.core import load_checkpoint
     from efficientdl.core.config import apply_overrides, from_dict
     from efficientdl.snn.models import TSSLBPRecipe, build
     from efficientdl.snn.train import CHECKPOINT, _load_data
 
-    state = load_checkpoint(Path(run_dir) / CHECKPOINT)
-    recipe = from_dict(TSSLBPRecipe, apply_overrides(state["recipe"], overrides)).validate()
+    if args.run_dir is None and args.config is None:
+        raise ValueError("give --run-dir (a trained run) or --config (a recipe), or both")
+    state = None if args.run_dir is None else load_checkpoint(Path(args.run_dir) / CHECKPOINT)
+    if args.config is not None:
+        recipe = _recipe(args)
+    else:
+        recipe = from_dict(TSSLBPRecipe, apply_overrides(state["recipe"], args.overrides))
+        recipe = recipe.validate()
     net = build(recipe.model, **recipe.model_overrides())
-    net.load_state_dict(state["model"])
+    if state is not None:
+        if state["recipe"]["model"] != recipe.model:
+            raise ValueError(
+                f"--config is for model {recipe.model!r} but {args.run_dir} holds a "
+                f"{state['recipe']['model']!r} checkpoint"
+            )
+        net.load_state_dict(state["model"])
     return recipe, net, _load_data(recipe, recipe.data_root)
 
 
@@ -70,7 +88,7 @@ def _evaluate(args) -> int:
     from efficientdl.core import select_device
     from efficientdl.snn.train import evaluate
 
-    recipe, net, (_, test_set) = _load_run(args.run_dir, args.overrides)
+    recipe, net, (_, test_set) = _load_run(args)
     device = select_device(recipe.device)
     result = evaluate(net.to(device), test_set, recipe, device=device, progress=True)
     print(json.dumps(result, indent=2))
@@ -80,7 +98,7 @@ def _evaluate(args) -> int:
 def _stats(args) -> int:
     from efficientdl.snn.report import firing_on_test
 
-    recipe, net, (_, test_set) = _load_run(args.run_dir)
+    recipe, net, (_, test_set) = _load_run(args)
     report = firing_on_test(net, test_set, recipe, batches=args.batches)
     print(json.dumps(report.to_dict(), indent=2))
     return 0

@@ -226,6 +226,13 @@ class _TSSLBPFused(torch.autograd.Function):
         return out.reshape(ctx.shape).to(grad_trace.dtype), None, None
 
 
+def check_backend(backend: str) -> None:
+    """Raise a ValueError unless `backend` is one of BACKENDS (availability is checked per call,
+    on the device of the input, by `resolve_backend`)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
 def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
     """The path that will run, 'torch' or 'fused'.
 
@@ -235,8 +242,7 @@ def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
     """
     from efficientdl.snn import fused
 
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     if backend == "torch":
         return "torch"
     if backend == "triton" and tensor.device.type != "cuda":

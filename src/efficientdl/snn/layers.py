@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from efficientdl.snn.functional import psp, resolve_backend, tsslbp
+from efficientdl.snn.functional import check_backend, psp, tsslbp
 
 NEURON_OPTIONS = (
     "warmup_surrogate",
@@ -64,7 +64,7 @@ class TSSLBPNeuron(nn.Module):
             raise ValueError(f"tau_m and tau_s must be > 1, got tau_m={tau_m}, tau_s={tau_s}")
         if not threshold > 0:
             raise ValueError(f"threshold must be > 0, got {threshold}")
-        resolve_backend(backend, torch.empty(0))
+        check_backend(backend)  # modules are built on the CPU: 'triton' resolves per call
         self.tau_m, self.tau_s, self.threshold = tau_m, tau_s, threshold
         self.backend = backend
         self.options = dict(tsslbp_options)
