@@ -100,10 +100,13 @@ def test_slim_equivalence_concat_small_cnn_and_gating(make, shape):  # fmt: skip
     model = randomise_bn(make()).eval()
     masks = split(model, rate=0.5)
     slim = extract_slim(model, masks, example_input=torch.randn(shape))
+    zeroed = masked_copy(model, masks)
     x = torch.randn(shape, dtype=torch.float64)
     with torch.no_grad():
+        assert rel_err(slim(x.float()), zeroed(x.float())) < 1e-5  # float32, as deployed
+        assert rel_err(model(x.float()), zeroed(x.float())) > 1e-2  # without zeroing: differs
         out = slim.double()(x)
-        ref = masked_copy(model, masks).double()(x)
+        ref = zeroed.double()(x)
     assert rel_err(out, ref) < 1e-10
     if make is ConcatNet:
         assert slim.c.in_channels == 48 and slim.norm.num_features == 48

@@ -253,13 +253,13 @@ class RecipeTrainer:
 
 
 def recipe_train_fn(
-    config: KEConfig, train_set, *, device, val_set=None, epochs: int | None = None
+    recipe: KEConfig, train_set, *, device, val_set=None, epochs: int | None = None
 ) -> RecipeTrainer:
-    """The driver's `train_fn` for the §4 recipe on `train_set` (see `RecipeTrainer`); `epochs`
-    overrides the config's E (the compute-matched arm trains G·E)."""
-    config.validate()
-    epochs = epochs or config.resolved_epochs(len(train_set))
-    return RecipeTrainer(config, train_set, epochs=epochs, device=device, val_set=val_set)
+    """The driver's `train_fn` for the §4 recipe `recipe` on `train_set` (see `RecipeTrainer`);
+    `epochs` overrides the recipe's E (the compute-matched arm trains G·E)."""
+    recipe.validate()
+    epochs = epochs or recipe.resolved_epochs(len(train_set))
+    return RecipeTrainer(recipe, train_set, epochs=epochs, device=device, val_set=val_set)
 
 
 def accuracy_fn(test_set, *, device, batch_size: int = 1000):
