@@ -45,6 +45,20 @@ def register(sub) -> None:
                 "stochastic_depth, no_sparsity, no_sharing, no_curriculum, reinforce",
             )
         p.set_defaults(func=_run)
+    bench = actions.add_parser(
+        "bench", help="training-step and inference speed vs exec_mode='official' (issue 6)"
+    )
+    from efficientdl.adashare.bench import add_arguments
+
+    add_arguments(bench)
+    bench.set_defaults(func=_bench)
+
+
+def _bench(args) -> int:
+    from efficientdl.adashare.bench import run
+
+    run(args)
+    return 0
 
 
 def load(config_path, overrides, run_dir):
