@@ -2,6 +2,8 @@
 on-disk formats of the spec, and their splits through the trainer's `build_data`."""
 
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -177,11 +179,27 @@ def test_cityscapes_items_in_the_official_format(tmp_path):
 
 
 # ---- Tiny-Taskonomy ---------------------------------------------------------------------------
+TASKONOMY_DOMAINS = [
+    "rgb",
+    "segment_semantic",
+    "normal",
+    "depth_zbuffer",
+    "keypoints2d",
+    "edge_texture",
+]
+
+
+def _write_views(folder, stems, arrays):
+    """`<folder>/<domain>/<stem>_domain_<domain>.png` per stem and domain (uint16: 16-bit PNG)."""
+    for stem in stems:
+        for d in TASKONOMY_DOMAINS:
+            _png(folder / d / f"{stem}_domain_{d}.png", arrays[d])
+
+
 def test_taskonomy_preprocessing(tmp_path):
     rng = np.random.default_rng(2)
     h = w = 16  # → 256² by nearest: every pixel becomes a 16×16 block
     stem = "point_1_view_2"
-    domains = ["rgb", "segment_semantic", "normal", "depth_zbuffer", "keypoints2d", "edge_texture"]
     rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
     seg = rng.integers(0, 18, (h, w), dtype=np.uint8)
     normal = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -189,18 +207,10 @@ def test_taskonomy_preprocessing(tmp_path):
     depth[0, 0], depth[0, 1] = 64_499, 64_500
     key = rng.integers(0, 700, (h, w), dtype=np.uint16)
     edge = rng.integers(0, 7000, (h, w), dtype=np.uint16)
-    arrays = {
-        "rgb": rgb,
-        "segment_semantic": seg,
-        "normal": normal,
-        "depth_zbuffer": depth,
-        "keypoints2d": key,
-        "edge_texture": edge,
-    }
-    for d in domains:
-        _png(tmp_path / d / f"{stem}_domain_{d}.png", arrays[d])  # uint16 → 16-bit PNG
+    arrays = dict(zip(TASKONOMY_DOMAINS, [rgb, seg, normal, depth, key, edge]))
+    _write_views(tmp_path, [stem], arrays)
     np.save(tmp_path / "semseg_prior_factor.npy", np.linspace(0.5, 2, 17).astype(np.float32))
-    entry = [f"{d}/{stem}_domain_{d}.png" for d in domains]
+    entry = [f"{d}/{stem}_domain_{d}.png" for d in TASKONOMY_DOMAINS]
     (tmp_path / "taskonomy.json").write_text(json.dumps({"train": [entry], "test": [entry]}))
     ds = Taskonomy(tmp_path, "train")
     assert ds.task_channels == {"seg": 17, "normal": 3, "depth": 1, "keypoint": 1, "edge": 1}
@@ -223,6 +233,127 @@ def test_taskonomy_preprocessing(tmp_path):
     (tmp_path / "taskonomy.json").unlink()
     folder = Taskonomy(tmp_path, "all", tasks=("depth",))
     assert len(folder) == 1 and set(folder[0]) == {"image", "depth", "depth_mask"}
+
+
+# 2×2 raw values (→ 128² blocks at 256²) and their decoded values, by hand from §6.3
+HAND_RAW = {
+    "rgb": np.array([[[10, 20, 30], [0, 0, 0]], [[255, 255, 255], [1, 2, 3]]], dtype=np.uint8),
+    "segment_semantic": np.array([[0, 1], [2, 17]], dtype=np.uint8),
+    "normal": np.array([[[0, 255, 51]] * 2] * 2, dtype=np.uint8),
+    "depth_zbuffer": np.array([[0, 15], [255, 64_500]], dtype=np.uint16),
+    "keypoints2d": np.array([[0, 128], [328, 65_535]], dtype=np.uint16),
+    "edge_texture": np.array([[0, 2048], [5243, 6000]], dtype=np.uint16),
+}
+HAND_DECODED = {
+    "image": [[[30, 0], [255, 3]], [[20, 0], [255, 2]], [[10, 0], [255, 1]]],  # BGR, mean below
+    "seg": [[0, 0], [1, 16]],  # max(x, 1) − 1
+    "normal": [[[-1.0] * 2] * 2, [[1.0] * 2] * 2, [[-0.6] * 2] * 2],  # v/255·2 − 1
+    "depth": [[[0.0, 0.25], [0.5, np.log(64_501) / np.log(65_536)]]],  # log(1+d)/log 2^16
+    "depth_mask": [[True, True], [True, False]],  # d < 64,500
+    "keypoint": [[[-1.0, -0.21875], [1.0, 1.0]]],  # 128/2^16 = 1/512 = 0.390625·0.005
+    "edge": [[[-1.0, -0.21875], [1.0, 1.0]]],  # 2048/2^16 = 1/32 = 0.390625·0.08
+}
+BUILDINGS = {"allensville": "1,0,0", "beechwood": "1,0,0", "corozal": "0,1,0", "ihlen": "0,0,1"}
+
+
+def _write_buildings(root):
+    """Per-building folders, 2 views each, and splits.csv with a header and an unused building."""
+    for b in BUILDINGS:
+        _write_views(root / b, ["point_0_view_0", "point_3_view_1"], HAND_RAW)
+    rows = ["id,train,val,test", *(f"{b},{f}" for b, f in BUILDINGS.items()), "", "noxapater,0,0,0"]
+    (root / "splits.csv").write_text("\n".join(rows) + "\n")
+    np.save(root / "semseg_prior_factor.npy", np.arange(1, 18, dtype=np.float64))
+
+
+def test_taskonomy_building_layout_splits_and_decoding(tmp_path):
+    _write_buildings(tmp_path)
+    assert (
+        Image.open(tmp_path / "ihlen/depth_zbuffer/point_0_view_0_domain_depth_zbuffer.png").mode
+        == "I;16"
+    )
+    views = lambda ds: [e[0] for e in ds.entries]  # noqa: E731
+    train = Taskonomy(tmp_path, "train")
+    assert train.split_names == ("train", "val", "test")
+    assert views(train) == [
+        f"{b}/rgb/point_{v}_domain_rgb.png"
+        for b in ("allensville", "beechwood")
+        for v in ("0_view_0", "3_view_1")
+    ]
+    assert views(Taskonomy(tmp_path, "val")) == [
+        "corozal/rgb/point_0_view_0_domain_rgb.png",
+        "corozal/rgb/point_3_view_1_domain_rgb.png",
+    ]
+    test = Taskonomy(tmp_path, "test")
+    assert test.entries[1] == [
+        f"ihlen/{d}/point_3_view_1_domain_{d}.png" for d in TASKONOMY_DOMAINS
+    ]
+    torch.testing.assert_close(train.class_weights["seg"], torch.arange(1.0, 18.0))
+    item = test[1]
+    corners = lambda a: a[..., ::128, ::128]  # noqa: E731  # one pixel per 128² block
+    assert set(item) == set(HAND_DECODED) | {"normal_mask", "keypoint_mask", "edge_mask"}
+    want = HAND_DECODED | {
+        "image": np.array(HAND_DECODED["image"]) - np.reshape(MEAN_BGR, (3, 1, 1))
+    }
+    for key, value in want.items():
+        np.testing.assert_allclose(corners(item[key]), value, atol=1e-4, err_msg=key)
+    assert item["seg"].dtype == np.int64 and item["depth"].shape == (1, 256, 256)
+
+
+def test_taskonomy_building_layout_errors_name_the_path(tmp_path):
+    _write_buildings(tmp_path)
+    missing = tmp_path / "allensville/depth_zbuffer/point_3_view_1_domain_depth_zbuffer.png"
+    missing.unlink()
+    train = Taskonomy(tmp_path, "train")
+    assert train[0]["depth_mask"].shape == (256, 256)
+    with pytest.raises(DatasetNotFoundError, match=re.escape(str(missing))):
+        train[1]
+    shutil.rmtree(tmp_path / "beechwood/edge_texture")
+    Taskonomy(tmp_path, "train", tasks=("depth",))  # the edge images are not needed
+    with pytest.raises(
+        DatasetNotFoundError, match=re.escape(str(tmp_path / "beechwood/edge_texture"))
+    ):
+        Taskonomy(tmp_path, "test", tasks=("edge",))
+    shutil.rmtree(tmp_path / "ihlen")
+    with pytest.raises(DatasetNotFoundError, match=re.escape(str(tmp_path / "ihlen"))):
+        Taskonomy(tmp_path, "train", tasks=("depth",))
+    (tmp_path / "splits.csv").write_text("id,train,val,test\nallensville,1,0\n")
+    with pytest.raises(DatasetFormatError, match="splits.csv, line 2: expected building,train"):
+        Taskonomy(tmp_path, "train", tasks=("depth",))
+
+
+def test_taskonomy_class_weights_are_required_unless_opted_out(tmp_path):
+    _write_buildings(tmp_path)
+    prior = tmp_path / "semseg_prior_factor.npy"
+    np.save(prior, np.ones(16))
+    with pytest.raises(DatasetFormatError, match="expected 17 class weights"):
+        Taskonomy(tmp_path, "train")
+    prior.unlink()
+    with pytest.raises(DatasetNotFoundError, match=re.escape(str(prior)) + ".*class_weights=False"):
+        Taskonomy(tmp_path, "train")
+    assert Taskonomy(tmp_path, "train", class_weights=False).class_weights == {}
+    assert Taskonomy(tmp_path, "train", tasks=("depth", "edge")).class_weights == {}
+
+
+def test_taskonomy_building_splits_through_build_data(tmp_path):
+    """The trainer's splits: val is the building list's val split (not carved from train), and
+    depth is scored on its explicit mask (a valid raw depth of 0 counts)."""
+    from efficientdl.adashare.engine import make_meter
+
+    _write_buildings(tmp_path)
+    data = {"dataset": "taskonomy", "root": str(tmp_path), "tasks": ["depth"], "cache": False}
+    splits, spec = build_data(from_dict(AdaShareConfig, {"data": data, "device": "cpu"}))
+    assert len(splits["train"]) == 4 and len(splits["val"]) == 2 and len(splits["test"]) == 2
+    assert [e[0] for e in splits["val"].entries] == [
+        "corozal/rgb/point_0_view_0_domain_rgb.png",
+        "corozal/rgb/point_3_view_1_domain_rgb.png",
+    ]
+    meter = make_meter(spec.kinds["depth"], 1, preset=spec.preset)
+    assert spec.preset == "taskonomy" and meter.explicit_mask
+    assert not make_meter("depth", 1, preset="nyu").explicit_mask
+    (tmp_path / "semseg_prior_factor.npy").unlink()
+    data |= {"tasks": ["seg"], "class_weights": False}
+    _, spec = build_data(from_dict(AdaShareConfig, {"data": data, "device": "cpu"}))
+    assert spec.class_weights == {"seg": None}
 
 
 # ---- Multi-MNIST ------------------------------------------------------------------------------

@@ -137,32 +137,35 @@ def test_normal_thresholds_are_inclusive():
     assert out["within_45"] == pytest.approx(500 / 6)
 
 
-def depth_reference(pred, target, mask):
+def depth_reference(pred, target, mask, explicit=False):
+    """valid = mask & (t > 0), or the mask alone if `explicit`; ratios need t > 0 as well."""
     pred = upsample_np(pred, H, W)[:, 0]
     target = target[:, 0]
     abs_i, rel_i, sq_i = [], [], []
-    sq, n, hits = 0.0, 0, np.zeros(3)
+    sq, n, n_rel, hits = 0.0, 0, 0, np.zeros(3)
     for p, t, m in zip(pred, target, mask):
-        m = m & (t > 0)
-        if m.sum() == 0:
-            continue
-        e = np.abs(p[m] - t[m])
-        abs_i.append(e.mean())
-        rel_i.append((e / t[m]).mean())
-        sq_i.append((e**2 / t[m]).mean())
-        sq += (e**2).sum()
-        n += m.sum()
-        pp, tt = p[m], t[m]
-        ratio = np.where(pp > 0, np.maximum(pp / tt, tt / np.where(pp > 0, pp, 1)), np.inf)
-        hits += [(ratio <= 1.25**i).sum() for i in (1, 2, 3)]
+        v = m if explicit else m & (t > 0)
+        r = v & (t > 0)
+        if v.any():
+            abs_i.append(np.abs(p[v] - t[v]).mean())
+            sq += ((p[v] - t[v]) ** 2).sum()
+            n += v.sum()
+        if r.any():
+            e = np.abs(p[r] - t[r])
+            rel_i.append((e / t[r]).mean())
+            sq_i.append((e**2 / t[r]).mean())
+            n_rel += r.sum()
+            pp, tt = p[r], t[r]
+            ratio = np.where(pp > 0, np.maximum(pp / tt, tt / np.where(pp > 0, pp, 1)), np.inf)
+            hits += [(ratio <= 1.25**i).sum() for i in (1, 2, 3)]
     return {
         "abs_err": np.mean(abs_i),
         "rel_err": np.mean(rel_i),
         "sq_rel": np.mean(sq_i),
         "rmse": np.sqrt(sq / n),
-        "delta1": hits[0] / n * 100,
-        "delta2": hits[1] / n * 100,
-        "delta3": hits[2] / n * 100,
+        "delta1": hits[0] / n_rel * 100,
+        "delta2": hits[1] / n_rel * 100,
+        "delta3": hits[2] / n_rel * 100,
     }
 
 
@@ -181,6 +184,25 @@ def test_depth_meter_per_image_and_pooled(batch):
     per_image_mean = ref["abs_err"]
     pooled = np.abs(upsample_np(pred, H, W) - target)[:, 0][mask & (target[:, 0] > 0)].mean()
     assert not math.isclose(per_image_mean, pooled, rel_tol=1e-3)  # the test can tell them apart
+
+
+@pytest.mark.parametrize("batch", [1, 3, N])
+def test_depth_meter_explicit_mask_keeps_valid_zero_targets(batch):
+    rng = np.random.default_rng(3)
+    raw = rng.integers(0, 65_535, size=(N, 1, H, W))
+    raw[rng.random((N, 1, H, W)) < 0.3] = 0  # valid raw depth 0 → encoded target 0
+    raw[2] = 0  # an image whose valid targets are all 0: no ratios, still an abs_err
+    target = np.log1p(raw) / np.log(2.0**16)  # Taskonomy encoding (§6.3)
+    mask = raw[:, 0] < 64_500
+    pred = rng.uniform(0.7, 1.0, size=(N, 1, 4, 4))
+    pred[:, :, 0, 0] = -0.05  # non-positive predictions fail every δ
+    out = run_meter(DepthMeter(explicit_mask=True), pred, target, mask, batch)
+    ref = depth_reference(pred, target, mask, explicit=True)
+    for key, value in ref.items():
+        assert out[key] == pytest.approx(value, rel=1e-9), key
+    default = run_meter(DepthMeter(), pred, target, mask, batch)
+    assert default == pytest.approx(depth_reference(pred, target, mask))
+    assert not math.isclose(out["abs_err"], default["abs_err"], rel_tol=1e-3)
 
 
 def test_depth_meter_default_mask_is_positive_target():
@@ -242,3 +264,25 @@ def test_delta_t_by_hand():
         "within_22_5",
         "within_30",
     }
+
+
+def test_results_csv_holds_test_metrics_delta_t_params_and_flops(tmp_path):
+    import csv
+
+    from efficientdl.adashare.results import write_csv
+
+    costs = {"params": 11e6, "backbone_units": 1, "gflops_per_task_sum": 9.0}
+    table = {
+        "adashare": {"test": {"seg": {"miou": 40.0}}, "delta_t": 1.5, "gflops_shared": 6.0},
+        "single_task": {"test": {"seg": {"miou": 38.0}}, "delta_t": 0.0, "gflops_shared": 9.0},
+    }
+    write_csv(tmp_path / "results.csv", {k: v | costs for k, v in table.items()})
+    with open(tmp_path / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    values = {(r["run"], r["task"], r["metric"]): float(r["value"]) for r in rows}
+    assert len(values) == len(rows) == 12
+    assert values[("adashare", "seg", "miou")] == 40.0
+    assert values[("adashare", "", "gflops_shared")] == 6.0
+    assert values[("single_task", "", "gflops_shared")] == 9.0
+    assert values[("single_task", "", "gflops_per_task_sum")] == 9.0
+    assert values[("adashare", "", "delta_t")] == 1.5 and values[("adashare", "", "params")] == 11e6

@@ -321,3 +321,18 @@ def test_forward_validation_errors():
     with pytest.raises(ValueError, match="must be > 0"):
         model.sample_gates(0.0)
     assert [list(itertools.islice(g, 1)) for g in model.parameter_groups().values()]
+
+
+@pytest.mark.parametrize("n", [-1, 0, 9])
+def test_n_unlocked_out_of_range_fails_before_any_conv(n):
+    model = AdaShareNet("resnet18", {"a": 1, "b": 2}, "light", width=4)
+    ran = []
+    model.stem.register_forward_pre_hook(lambda *_: ran.append(1))
+    x = torch.randn(1, 3, 32, 32)
+    for policy in (torch.full((2, 8, 2), 0.5), Policy(("a", "b"), torch.ones(2, 8)), None):
+        with pytest.raises(ValueError, match=rf"n_unlocked must be in 1\.\.8 .*got {n}$"):
+            model(x, policy, n_unlocked=n)
+    assert ran == []
+    model(x, torch.full((2, 8, 2), 0.5), n_unlocked=8)  # the ends of the range are valid
+    model(x, Policy(("a", "b"), torch.ones(2, 8)), n_unlocked=1)
+    assert len(ran) == 2

@@ -92,7 +92,12 @@ def _base_splits(cfg) -> dict:
         return {s: CityScapes(d.root, s, tasks=tasks) for s in ("train", "test")}
     from efficientdl.data.taskonomy import Taskonomy
 
-    return {s: Taskonomy(d.root, s, tasks=tasks) for s in ("train", "test")}
+    weights = d.class_weights
+    train = Taskonomy(d.root, "train", tasks=tasks, class_weights=weights)
+    others = [s for s in ("val", "test") if s in train.split_names]  # splits.csv has a val split
+    return {"train": train} | {
+        s: Taskonomy(d.root, s, tasks=tasks, class_weights=weights) for s in others
+    }
 
 
 def build_data(cfg) -> tuple[dict, TaskSpec]:

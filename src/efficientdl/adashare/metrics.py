@@ -179,28 +179,39 @@ class _PerImage:
 
 
 class DepthMeter(_PerImage):
-    """abs_err, rel_err, sq_rel per image then averaged; pooled rmse and δ1..3 (p ≤ 0 fails)."""
+    """abs_err, rel_err, sq_rel per image then averaged; pooled rmse and δ1..3 (p ≤ 0 fails).
+
+    Valid pixels: the mask and target > 0 (NYUv2, CityScapes: 0 = invalid). With
+    `explicit_mask=True` (Taskonomy, §2.1) the mask alone, so a valid target of 0 counts in
+    abs_err and rmse; rel_err, sq_rel and δ, undefined there, use the valid pixels with t > 0.
+    """
+
+    def __init__(self, *, upsample: str = "nearest", explicit_mask: bool = False):
+        super().__init__(upsample=upsample)
+        self.explicit_mask = explicit_mask
 
     def update(self, pred, target, mask=None) -> None:
-        """`pred`, `target` [B, 1, H, W]; `mask` [B, H, W] (default: target > 0)."""
-        if mask is None:
-            mask = target[:, 0] > 0
+        """`pred`, `target` [B, 1, H, W]; `mask` [B, H, W] (default: target > 0, or all pixels
+        with `explicit_mask`)."""
         pred, target, valid = self._prepare(pred, target, mask)
         p, t = pred[:, 0], target[:, 0]
-        valid = valid & (t > 0)
-        m = valid.double()
-        err = (p - t).abs() * m
-        safe_t = torch.where(valid, t, torch.ones_like(t))
-        count = m.flatten(1).sum(1)
+        rel = valid & (t > 0)
+        if not self.explicit_mask:
+            valid = rel
+        safe_t = torch.where(rel, t, torch.ones_like(t))
+        err = (p - t).abs() * valid
+        rel_err = err * rel / safe_t
+        count, rel_count = valid.flatten(1).sum(1).double(), rel.flatten(1).sum(1).double()
         self._add_images("abs_err", err.flatten(1).sum(1), count)
-        self._add_images("rel_err", (err / safe_t).flatten(1).sum(1), count)
-        self._add_images("sq_rel", (err**2 / safe_t).flatten(1).sum(1), count)
+        self._add_images("rel_err", rel_err.flatten(1).sum(1), rel_count)
+        self._add_images("sq_rel", (err * rel_err).flatten(1).sum(1), rel_count)
         self._add_pooled("sq_err", float((err**2).sum()))
         self._add_pooled("count", float(count.sum()))
+        self._add_pooled("rel_count", float(rel_count.sum()))
         safe_p = torch.where(p > 0, p, torch.ones_like(p))
         ratio = torch.where(p > 0, torch.maximum(safe_p / safe_t, safe_t / safe_p), math.inf)
         for i in (1, 2, 3):
-            self._add_pooled(f"delta{i}", float(((ratio <= 1.25**i) & valid).sum()))
+            self._add_pooled(f"delta{i}", float(((ratio <= 1.25**i) & rel).sum()))
 
     def compute(self) -> dict:
         n = self.pooled.get("count", 0.0)
@@ -208,7 +219,11 @@ class DepthMeter(_PerImage):
             raise ValueError("DepthMeter: no valid pixels were seen")
         out = {k: self._mean(k) for k in ("abs_err", "rel_err", "sq_rel")}
         out["rmse"] = math.sqrt(self.pooled["sq_err"] / n)
-        out |= {f"delta{i}": self.pooled[f"delta{i}"] / n * 100 for i in (1, 2, 3)}
+        n_rel = self.pooled["rel_count"]
+        out |= {
+            f"delta{i}": self.pooled[f"delta{i}"] / n_rel * 100 if n_rel else math.nan
+            for i in (1, 2, 3)
+        }
         return out
 
 

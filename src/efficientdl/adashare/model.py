@@ -129,6 +129,13 @@ class AdaShareNet(nn.Module):
                 f"{self.num_blocks}"
             )
 
+    def _check_n_unlocked(self, n_unlocked: int | None) -> None:
+        if n_unlocked is not None and not 1 <= n_unlocked <= self.num_blocks:
+            raise ValueError(
+                f"n_unlocked must be in 1..{self.num_blocks} (the gated blocks of "
+                f"{self.backbone_name}) or None, got {n_unlocked!r}"
+            )
+
     def _heads(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {t: self.heads[t](feats[t]) for t in self.tasks}
 
@@ -150,8 +157,10 @@ class AdaShareNet(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Per-task outputs [B, C, h, w] (dense heads, 1/8 resolution) or [B, C] (linear head).
 
-        `n_unlocked` forces blocks 0…L−n−1 to execute for every task and computes them once.
+        `n_unlocked` (1…L; None = L) forces blocks 0…L−n−1 to execute for every task and
+        computes them once.
         """
+        self._check_n_unlocked(n_unlocked)
         if policy is None:
             h = self.stem(x)
             for block in self.blocks:

@@ -17,6 +17,7 @@ from efficientdl.adashare.viz import plot_policy
 from efficientdl.core import load_checkpoint
 
 ADASHARE_RESULT = "adashare_result.json"
+RUN_METRICS = ("delta_t", "params", "backbone_units", "gflops_shared", "gflops_per_task_sum")
 
 
 def mean_std(values) -> tuple[float, float]:
@@ -135,18 +136,24 @@ def write_results(trainer) -> dict:
         }
     data = {"image_size": list(image_size(trainer)), "runs": table}
     loops.write_json(trainer.run_dir / "results.json", data)
-    with open(trainer.run_dir / "results.csv", "w", newline="") as handle:
+    write_csv(trainer.run_dir / "results.csv", table)
+    (trainer.run_dir / "results.md").write_text(markdown_table(table, hib))
+    write_report(trainer, runs, table)
+    return data
+
+
+def write_csv(path: Path, table: dict) -> None:
+    """results.csv, one `run, task, metric, value` row per test metric, then the run-level
+    `RUN_METRICS` (Δ_T, params, backbone units, GFLOPs) with an empty task."""
+    with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["run", "task", "metric", "value"])
         for name, row in table.items():
             for task, metrics in row["test"].items():
                 for metric, value in metrics.items():
                     writer.writerow([name, task, metric, value])
-            writer.writerow([name, "", "delta_t", row["delta_t"]])
-            writer.writerow([name, "", "params", row["params"]])
-    (trainer.run_dir / "results.md").write_text(markdown_table(table, hib))
-    write_report(trainer, runs, table)
-    return data
+            for key in RUN_METRICS:
+                writer.writerow([name, "", key, row[key]])
 
 
 def write_report(trainer, runs: dict, table: dict) -> None:

@@ -72,7 +72,7 @@ class DenseDataset:
     """Skeleton: `entries` (one list of files per sample), task checks, the split halves.
 
     Subclasses set `TASK_CHANNELS`, `NAME`, `ENTRY_WIDTH` (files per sample) and implement
-    `load(files) -> dict`.
+    `load(files) -> dict`. `split_names`: every split the on-disk layout defines.
     """
 
     TASK_CHANNELS: dict[str, int] = {}
@@ -89,7 +89,7 @@ class DenseDataset:
         if split not in splits:
             raise ValueError(f"{self.NAME}: split must be one of {sorted(splits)}, got {split!r}")
         self.root = Path(os.fspath(root))
-        self.split, self.tasks = split, tuple(tasks)
+        self.split, self.tasks, self.split_names = split, tuple(tasks), tuple(splits)
         self.task_channels = {t: self.TASK_CHANNELS[t] for t in self.tasks}
         self.entries = splits[split]
         for entry in self.entries:
