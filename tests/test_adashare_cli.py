@@ -70,7 +70,7 @@ def test_regulariser_and_curriculum_ablations(tmp_path, monkeypatch, name):
     result = tr.run_baseline(name)
     assert set(result["test"]) == {"seg", "depth"} and "policy" in result
     child = tmp_path / "baselines" / name
-    history = json.loads((child / "search" / "logits_history.json").read_text())
+    history = json.loads((child / "logits_history.json").read_text())
     n = [h["n_unlocked"] for h in history]
     child_cfg = yaml.safe_load((child / "config.yaml").read_text())
     if name == "no_sparsity":

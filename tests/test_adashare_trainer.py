@@ -9,6 +9,7 @@ import torch
 from adashare_support import one_thread  # noqa: F401
 from efficientdl.adashare import loops, search
 from efficientdl.adashare.config import AdaShareConfig
+from efficientdl.adashare.policy import Policy
 from efficientdl.adashare.trainer import AdaShareTrainer
 from efficientdl.core import load_checkpoint
 from efficientdl.core.config import apply_overrides, from_dict
@@ -34,6 +35,7 @@ BASE = {
         "warmup_iters": 4,
         "lr": 0.01,
         "backbone_lr": 0.005,
+        "policy_lr": 0.003,
         "decay_lr_freq": 3,
         "decay_lr_rate": 0.5,
         "weight_iters": 2,
@@ -86,14 +88,14 @@ def test_schedule_bookkeeping(tmp_path):
         assert r["phase"] == ("search_weight" if weight else "search_policy")
         assert r["half"] == ("train1" if weight else "train2")
         assert r["optimizer"] == ("SGD" if weight else "Adam")
-        assert r["lr"] == (0.01 if weight else 0.01)  # SGD at `lr`, constant; Adam(policy) 0.01
+        assert r["lr"] == (0.01 if weight else 0.003)  # SGD at `lr`, constant; Adam `policy_lr`
         assert r["cycle"] == cycle
         assert r["n_unlocked"] == min(8, cycle + 1)
         assert r["tau"] == pytest.approx(5.0 * 0.965**cycle, rel=1e-12)
     retrain = [r for r in records if r["phase"] == "retrain_00"]
     assert [r["lr"] for r in retrain] == [0.01] * 3 + [0.005] * 3
     # validations: best only once n = L (cycle ≥ 7)
-    history = json.loads((tmp_path / "search" / "logits_history.json").read_text())
+    history = json.loads((tmp_path / "logits_history.json").read_text())  # run-folder root
     assert [h["n_unlocked"] for h in history] == [1, 2, 3, 4, 5, 6, 7, 8, 8, 8]  # + final
     best = load_checkpoint(tmp_path / "search" / "best.pt")
     assert best["state"]["cycle"] >= 7
@@ -181,6 +183,7 @@ def test_pipeline_end_to_end_with_baselines(tmp_path):
         config(
             "baselines=[single_task, multi_task, random_policy, stochastic_depth]",
             "train.total_iters=36",
+            "random_policy.match_counts=true",
         ),
         run_dir=tmp_path,
     )
@@ -202,6 +205,23 @@ def test_pipeline_end_to_end_with_baselines(tmp_path):
     assert ada["selected"] == max(range(2), key=lambda i: ada["val_scores"][i])
     assert set(ada["test_mean"]) == {"seg", "normal", "depth"}
     assert tr.evaluate("test") == ada["test"]  # the selected checkpoint, tested again
+    rand = json.loads((tmp_path / "baselines" / "random_policy" / "result.json").read_text())
+    assert Policy.from_dict(rand["policy"]).num_executed() == ada["num_executed"]
+    # the results.json of this run serves as selection reference: its single-task val metrics
+    single = json.loads((tmp_path / "baselines" / "single_task" / "result.json").read_text())
+    other = AdaShareTrainer(
+        config(f"selection_reference={tmp_path / 'results.json'}"), run_dir=tmp_path / "other"
+    )
+    assert other.reference() == single["val"]
+
+
+def test_selection_reference_without_single_task_val_is_a_clear_error(tmp_path):
+    results = tmp_path / "run" / "results.json"
+    results.parent.mkdir()
+    results.write_text(json.dumps({"image_size": [16, 16], "runs": {"adashare": {"test": {}}}}))
+    tr = AdaShareTrainer(config(f"selection_reference={results}"), run_dir=tmp_path / "new")
+    with pytest.raises(ValueError, match=r"results.json.*baselines/single_task/result.json"):
+        tr.reference()
 
 
 def test_nan_loss_stops_with_the_iteration(tmp_path, monkeypatch):
@@ -228,3 +248,8 @@ def test_config_errors():
         config("train.lambdas={albedo: 2}").validate()
     with pytest.raises(ConfigError, match="expected one of"):
         config("model.backbone=resnet50")
+    with pytest.raises(ConfigError, match="unknown config key 'random_match_counts'"):
+        config("random_match_counts=true")
+    with pytest.raises(ConfigError, match="unknown config key 'random_policy.count'"):
+        config("random_policy.count=true")
+    assert config("random_policy.match_counts=true").random_policy.match_counts

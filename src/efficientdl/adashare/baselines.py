@@ -10,6 +10,7 @@ import torch
 from efficientdl.adashare import loops
 from efficientdl.adashare.config import ABLATIONS, BASELINES, AdaShareConfig
 from efficientdl.adashare.counting import flops
+from efficientdl.adashare.executor import TreeExecutor
 from efficientdl.adashare.policy import Policy
 from efficientdl.adashare.results import ADASHARE_RESULT, cost_summary, image_size
 from efficientdl.adashare.search import gate_generator
@@ -22,14 +23,16 @@ def survival_probs(num_blocks: int) -> torch.Tensor:
 
 
 def random_policy(trainer, tasks, num_blocks: int) -> Policy:
-    """Each (task, block) executes with p = 0.5 (seeded); with `random_match_counts`, each task
-    keeps the AdaShare policy's executed-block count at uniformly random positions."""
+    """Each (task, block) executes with p = 0.5 (seeded); with `random_policy.match_counts`, each
+    task keeps the AdaShare policy's executed-block count at uniformly random positions."""
     g = torch.Generator().manual_seed(trainer.cfg.seed + 7919)
-    if not trainer.cfg.random_match_counts:
+    if not trainer.cfg.random_policy.match_counts:
         return Policy(tasks, torch.rand(len(tasks), num_blocks, generator=g) < 0.5)
     path = trainer.run_dir / ADASHARE_RESULT
     if not path.is_file():
-        raise RuntimeError("random_match_counts needs the AdaShare result: run `select` first")
+        raise RuntimeError(
+            "random_policy.match_counts needs the AdaShare result: run `select` first"
+        )
     counts = Policy.from_dict(json.loads(path.read_text())["policy"]).num_executed()
     execute = torch.zeros(len(tasks), num_blocks, dtype=torch.bool)
     for k, t in enumerate(tasks):
@@ -57,7 +60,7 @@ def _train_and_test(trainer, folder, model, train_forward, eval_forward, spec, p
         result |= cost_summary(model, image_size(trainer), policy)
         if policy is not None:
             result["policy"] = policy.to_dict()
-        loops.write_json(folder / loops.RESULT, result)
+        trainer.on_main(loops.write_json, folder / loops.RESULT, result)
     return result
 
 
@@ -99,7 +102,7 @@ def _ablation(trainer, name: str, folder) -> dict:
     reference = trainer.reference()
     data = apply_overrides(to_dict(trainer.cfg), ABLATIONS[name] + [f"name={name}", "baselines=[]"])
     if reference is not None:
-        loops.write_json(folder / "reference.json", {"val": reference})
+        trainer.on_main(loops.write_json, folder / "reference.json", {"val": reference})
         data["selection_reference"] = str(folder / "reference.json")
     child = AdaShareTrainer(
         from_dict(AdaShareConfig, data), run_dir=folder, datasets=(trainer.splits, trainer.spec)
@@ -120,11 +123,11 @@ def run_baseline(trainer, name: str) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     if name in ABLATIONS:
         result = _ablation(trainer, name, folder)
-        loops.write_json(folder / loops.RESULT, result)
+        trainer.on_main(loops.write_json, folder / loops.RESULT, result)
         return result
     if name == "single_task":
         result = _single_task(trainer, folder)
-        loops.write_json(folder / loops.RESULT, result)
+        trainer.on_main(loops.write_json, folder / loops.RESULT, result)
         return result
     spec = trainer.spec
     model = trainer.build_model()
@@ -134,12 +137,13 @@ def run_baseline(trainer, name: str) -> dict:
         )
     if name == "random_policy":
         policy = random_policy(trainer, model.tasks, model.num_blocks)
+        executor = TreeExecutor(model, policy)
         return _train_and_test(
             trainer,
             folder,
             model,
             lambda x, it: model(x, policy),
-            lambda x, b: model(x, policy),
+            lambda x, b: executor(x),
             spec,
             policy,
         )
@@ -172,5 +176,5 @@ def run_baseline(trainer, name: str) -> dict:
         "macs_shared": cost["macs_per_task_sum"],
         "flops_shared": cost["flops_per_task_sum"],
     }
-    loops.write_json(folder / loops.RESULT, result)
+    trainer.on_main(loops.write_json, folder / loops.RESULT, result)
     return result

@@ -20,7 +20,8 @@ ABLATIONS = {
 @dataclass
 class DataConfig:
     """Dataset, tasks and splits. `size`/`num_*`/`scene_seed` are for the procedural scenes;
-    `variant` for Multi-MNIST; `crop` [h, w] and `augment` for the training augmentation."""
+    `variant` for Multi-MNIST; `crop` [h, w] and `augment` for the training augmentation;
+    `class_weights: false` trains Taskonomy seg unweighted instead of requiring its prior file."""
 
     dataset: Literal["procedural", "multi_mnist", "nyu_v2", "cityscapes", "taskonomy"] = (
         "procedural"
@@ -38,6 +39,7 @@ class DataConfig:
     scene_seed: int = 0
     variant: Literal["mnist", "fashion", "mixed"] = "mnist"
     cache: bool = True
+    class_weights: bool = True
 
 
 @dataclass
@@ -98,6 +100,14 @@ class RetrainConfig:
 
 
 @dataclass
+class RandomPolicyConfig:
+    """The `random_policy` baseline (§3.5): `match_counts` keeps each task's number of executed
+    blocks of the selected AdaShare policy, at uniformly random positions."""
+
+    match_counts: bool = False
+
+
+@dataclass
 class PerfConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
@@ -123,12 +133,12 @@ class AdaShareConfig:
     progress: bool = True
     selection_reference: str | None = None
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
-    random_match_counts: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    random_policy: RandomPolicyConfig = field(default_factory=RandomPolicyConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
     parity: ParityConfig = field(default_factory=ParityConfig)
 

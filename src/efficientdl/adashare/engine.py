@@ -1,4 +1,6 @@
-"""Per-batch losses, evaluation over a split and the selection score (§2.1, §3.1, §4)."""
+"""Per-batch losses, evaluation over a split, the selection score (§2.1, §3.1, §4) and the DDP
+steps of the trainer (§5.5): batch shards, gradient averaging, rank 0's BN statistics and results.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from efficientdl.adashare import losses
@@ -19,6 +22,7 @@ from efficientdl.adashare.metrics import (
     SegmentationMeter,
     delta_t,
 )
+from efficientdl.core.distributed import DistContext, all_reduce_sum
 from efficientdl.data.multitask import batches
 
 
@@ -42,8 +46,10 @@ def weighted_loss(outputs: dict, batch: dict, spec: TaskSpec) -> tuple[torch.Ten
     return total, parts
 
 
-def make_meter(kind: str, channels: int, class_weight=None, upsample: str = "nearest"):
-    """The meter of a task kind."""
+def make_meter(
+    kind: str, channels: int, class_weight=None, upsample: str = "nearest", preset: str = ""
+):
+    """The meter of a task kind (Taskonomy depth: validity from its explicit mask alone, §2.1)."""
     if kind == "seg":
         return SegmentationMeter(channels, upsample=upsample)
     if kind == "seg_weighted":
@@ -51,7 +57,7 @@ def make_meter(kind: str, channels: int, class_weight=None, upsample: str = "nea
     if kind == "normal":
         return NormalMeter(upsample=upsample)
     if kind == "depth":
-        return DepthMeter(upsample=upsample)
+        return DepthMeter(upsample=upsample, explicit_mask=preset == "taskonomy")
     if kind == "cls":
         return AccuracyMeter()
     return L1Meter(upsample=upsample)
@@ -62,6 +68,64 @@ def to_device(batch: dict, device, channels_last: bool = False) -> dict:
     if channels_last:
         out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
     return out
+
+
+def shard(batch: dict, ctx: DistContext) -> dict:
+    """This rank's contiguous 1/world_size slice of a global batch (all of it without DDP)."""
+    size = len(batch["image"]) // ctx.world_size
+    return {k: v[ctx.rank * size : (ctx.rank + 1) * size] for k, v in batch.items()}
+
+
+def global_mean(value: torch.Tensor, ctx: DistContext) -> float:
+    """The mean over all ranks of a scalar tensor, as a float."""
+    total = all_reduce_sum(value.detach().double().reshape(1).clone(), ctx)
+    return float(total) / ctx.world_size
+
+
+def average_gradients(params: list[torch.nn.Parameter], ctx: DistContext) -> None:
+    """Replace each gradient by its mean over the ranks, in one flat all-reduce.
+
+    A missing gradient counts as zero on that rank (every rank sends the same layout, so none
+    waits for another); a parameter without a gradient on every rank keeps none, as it would in
+    one process (so Adam leaves it alone).
+    """
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+    present = [float(p.grad is not None) for p in params]
+    flat = torch.cat([grads[0].new_tensor(present)] + [g.reshape(-1) for g in grads])
+    all_reduce_sum(flat, ctx)
+    counts, values = flat[: len(params)].tolist(), flat[len(params) :]
+    parts = values.split([g.numel() for g in grads])
+    for p, grad, count, value in zip(params, grads, counts, parts):
+        if count:
+            p.grad = grad  # its own gradient, or the zeros sent for it (same memory format)
+            grad.copy_(value.view_as(grad)).div_(ctx.world_size)
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Give every rank rank 0's floating-point buffers (BN running statistics), in one broadcast:
+    batch statistics stay local to each rank, as under DistributedDataParallel."""
+    buffers = [b for b in model.buffers() if b.is_floating_point()]
+    flat = torch.cat([b.reshape(-1) for b in buffers])
+    dist.broadcast(flat, src=0)
+    for b, value in zip(buffers, flat.split([b.numel() for b in buffers])):
+        b.copy_(value.view_as(b))
+
+
+def synchronise(model: torch.nn.Module, ctx: DistContext) -> None:
+    """Between backward and the optimiser step under DDP: average the gradients of the trainable
+    parameters and share rank 0's BN running statistics (no-op in one process)."""
+    if ctx.enabled:
+        average_gradients([p for p in model.parameters() if p.requires_grad], ctx)
+        broadcast_buffers(model)
+
+
+def share(obj, ctx: DistContext):
+    """Rank 0's `obj` (any picklable value) on every rank."""
+    if not ctx.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 @torch.no_grad()
@@ -83,7 +147,9 @@ def evaluate(
     `batch_size`; the mean task losses are added as `loss`.
     """
     meters = {
-        t: make_meter(spec.kinds[t], spec.channels[t], spec.class_weights.get(t), upsample)
+        t: make_meter(
+            spec.kinds[t], spec.channels[t], spec.class_weights.get(t), upsample, spec.preset
+        )
         for t in spec.tasks
     }
     loss_sums = dict.fromkeys(spec.tasks, 0.0)

@@ -3,7 +3,8 @@
 Adam(β = (0.5, 0.999), coupled L2 weight decay) with heads at `lr` and the backbone at
 `backbone_lr`, StepLR stepped every iteration; batches from the full training split; validation
 every `val_freq` iterations; `best.pt` by the selection score; atomic checkpoints with all RNG
-states so a killed run continues bit-exactly.
+states so a killed run continues bit-exactly. Under DDP each rank trains on its shard of every
+global batch with averaged gradients (`engine.synchronise`); rank 0 writes the files.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from efficientdl.adashare.engine import selection_score, to_device, weighted_loss
+from efficientdl.adashare.engine import (
+    global_mean,
+    selection_score,
+    shard,
+    synchronise,
+    to_device,
+    weighted_loss,
+)
 from efficientdl.core import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 CHECKPOINT, BEST, RESULT = "checkpoint.pt", "best.pt", "result.json"
@@ -38,9 +46,10 @@ def adam_with_step_lr(model, train_cfg):
     return optimizer, scheduler
 
 
-def check_finite(loss: torch.Tensor, phase: str, iteration: int) -> float:
-    """The loss as a float; RuntimeError naming the iteration if it is NaN or inf."""
-    value = float(loss.detach())
+def check_finite(loss: torch.Tensor, phase: str, iteration: int, ctx) -> float:
+    """The loss averaged over the ranks, as a float; RuntimeError naming the iteration (on every
+    rank at once) if it is NaN or inf."""
+    value = global_mean(loss, ctx)
     if not math.isfinite(value):
         raise RuntimeError(
             f"{phase}: loss became {value} at iteration {iteration}; the last good checkpoint "
@@ -56,6 +65,7 @@ def read_result(folder: Path) -> dict | None:
 
 
 def write_json(path: Path, data) -> None:
+    """Write `data` as JSON through a temporary file (call it on rank 0 only)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2))
@@ -106,7 +116,8 @@ def train_fixed(
         trainer.logger.truncate(state["history_len"])
 
     def save():
-        save_checkpoint(
+        trainer.on_main(
+            save_checkpoint,
             ckpt,
             {
                 "model": model.state_dict(),
@@ -118,17 +129,23 @@ def train_fixed(
             },
         )
 
-    bar = tqdm(range(state["it"], iters), desc=phase, leave=False, disable=not cfg.progress)
+    bar = tqdm(
+        range(state["it"], iters),
+        desc=phase,
+        leave=False,
+        disable=not (cfg.progress and trainer.ctx.is_main),
+    )
     for _ in bar:
         it = state["it"]
         model.train()
-        batch = to_device(next(stream), trainer.device, cfg.perf.channels_last)
+        batch = to_device(shard(next(stream), trainer.ctx), trainer.device, cfg.perf.channels_last)
         optimizer.zero_grad(set_to_none=True)
         with trainer.autocast():
             outputs = train_forward(batch["image"], it)
         loss, parts = weighted_loss(outputs, batch, spec)
-        value = check_finite(loss, phase, it + 1)
+        value = check_finite(loss, phase, it + 1, trainer.ctx)
         loss.backward()
+        synchronise(model, trainer.ctx)
         optimizer.step()
         trainer.emit(
             {
@@ -154,7 +171,8 @@ def train_fixed(
             trainer.logger.log(record)
             if keep_best and score > state["best_score"]:
                 state["best_score"], state["best_val"] = score, val
-                save_checkpoint(
+                trainer.on_main(
+                    save_checkpoint,
                     folder / BEST,
                     {"model": model.state_dict(), "iter": state["it"], "score": score},
                 )
@@ -170,5 +188,5 @@ def train_fixed(
         "score": state["best_score"] if keep_best else None,
         "checkpoint": str(folder / (BEST if keep_best else CHECKPOINT)),
     }
-    write_json(folder / RESULT, result)
+    trainer.on_main(write_json, folder / RESULT, result)
     return result

@@ -1,26 +1,34 @@
 """Policy search (§3.1): alternating weight (train1) and policy (train2) phases, temperature decay,
 curriculum from the last block, validation with hard Bernoulli policies, `latest`/`best`.
 
+Under DDP every rank draws the same gates and policies (generators seeded by the iteration), trains
+on its shard of each global batch with averaged gradients, and rank 0 writes the files.
+
 `train.search_method='reinforce'` replaces the Gumbel-softmax relaxation by a score-function
 (REINFORCE) estimate on hard Bernoulli policies, an ablation showing why the relaxation is used.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from efficientdl.adashare.engine import selection_score, to_device, weighted_loss
-from efficientdl.adashare.loops import check_finite
+from efficientdl.adashare.engine import (
+    selection_score,
+    shard,
+    synchronise,
+    to_device,
+    weighted_loss,
+)
+from efficientdl.adashare.loops import check_finite, write_json
 from efficientdl.adashare.losses import sharing_loss, sparsity_loss
 from efficientdl.adashare.policy import Policy
 from efficientdl.core import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
-LATEST, BEST = "latest.pt", "best.pt"
+LATEST, BEST, LOGITS_HISTORY = "latest.pt", "best.pt", "logits_history.json"
 EVAL_SEED = 4242
 
 
@@ -103,7 +111,8 @@ class Search:
         return n_unlocked(self.state["cycle"], self.model.num_blocks, self.tr.cfg.train)
 
     def _save(self, name: str) -> None:
-        save_checkpoint(
+        self.tr.on_main(
+            save_checkpoint,
             self.folder / name,
             {
                 "model": self.model.state_dict(),
@@ -140,7 +149,7 @@ class Search:
         tr, model, t, st = self.tr, self.model, self.tr.cfg.train, self.state
         weight = phase == "weight"
         stream = self.half1 if weight else self.half2
-        batch = to_device(next(stream), tr.device, tr.cfg.perf.channels_last)
+        batch = to_device(shard(next(stream), tr.ctx), tr.device, tr.cfg.perf.channels_last)
         model.train()
         self._set_weights_trainable(weight)
         gen = gate_generator(tr.cfg.seed, st["it"])
@@ -158,7 +167,7 @@ class Search:
                     batch["image"], gates.detach() if weight else gates, n_unlocked=self.n
                 )
         loss, _ = weighted_loss(outputs, batch, tr.spec)
-        value = check_finite(loss, f"search ({phase})", st["it"] + 1)
+        value = check_finite(loss, f"search ({phase})", st["it"] + 1, tr.ctx)
         if not weight:
             if reinforce:
                 base = st["reinforce_baseline"]
@@ -168,6 +177,7 @@ class Search:
                 st["reinforce_baseline"] = d * base + (1 - d) * value
             loss = loss + regularisers(model, self.n, t)
         loss.backward()
+        synchronise(model, tr.ctx)
         optimizer.step()
         self._set_weights_trainable(True)
         tr.emit(
@@ -220,7 +230,7 @@ class Search:
         if n == model.num_blocks and score > st["best_score"]:
             st["best_score"] = score
             self._save(BEST)
-        (self.folder / "logits_history.json").write_text(json.dumps(self.logits_history))
+        tr.on_main(write_json, tr.run_dir / LOGITS_HISTORY, self.logits_history)
 
     def run(self) -> dict:
         """Run (or continue) the search until `total_iters`; returns the final state."""
@@ -233,7 +243,7 @@ class Search:
             initial=st["it"],
             desc="search",
             leave=False,
-            disable=not cfg.progress,
+            disable=not (cfg.progress and self.tr.ctx.is_main),
         )
         value = math.nan
         while st["it"] < t.total_iters:

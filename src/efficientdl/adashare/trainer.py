@@ -1,8 +1,16 @@
 """`AdaShareTrainer` (§3, §5.5): warm-up → search → sample → retrain → select → evaluate, plus
-baselines; every phase resumes from its own atomic checkpoint in the run folder."""
+baselines; every phase resumes from its own atomic checkpoint in the run folder.
+
+Under torchrun (`torchrun --nproc_per_node=N -m efficientdl.cli adashare pipeline ...`) every rank
+runs every phase on its 1/N of each global batch (`train.batch_size`) with gradients averaged
+before each optimiser step, local BN batch statistics (rank 0's running statistics are shared),
+identical seeded gates and policies and rank 0's evaluation results; only rank 0 writes files
+(`on_main`), and every rank resumes from the same checkpoints.
+"""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 from pathlib import Path
@@ -14,18 +22,24 @@ from efficientdl.adashare import loops
 from efficientdl.adashare.config import AdaShareConfig
 from efficientdl.adashare.datasets import augmenter, build_data
 from efficientdl.adashare.engine import evaluate as evaluate_split
+from efficientdl.adashare.engine import share
+from efficientdl.adashare.executor import TreeExecutor
 from efficientdl.adashare.model import AdaShareNet
 from efficientdl.adashare.policy import Policy
 from efficientdl.adashare.search import BEST, LATEST, Search
 from efficientdl.adashare.viz import plot_policy
 from efficientdl.core import (
+    ConfigError,
+    DistContext,
     MetricsLogger,
+    init_distributed,
     load_checkpoint,
     make_run_dir,
     seed_everything,
     select_device,
     to_dict,
 )
+from efficientdl.core.distributed import shutdown
 from efficientdl.data.multitask import BatchStream
 
 
@@ -41,16 +55,46 @@ class AdaShareTrainer:
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         self.device = select_device(self.cfg.device)
+        self.ctx = init_distributed(self.device.type)
+        if self.ctx.enabled:
+            atexit.register(shutdown, self.ctx)
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", self.ctx.local_rank)
+        if self.cfg.train.batch_size % self.ctx.world_size:
+            raise ConfigError(
+                f"config key 'train.batch_size': the global batch of {self.cfg.train.batch_size} "
+                f"must split evenly over the {self.ctx.world_size} ranks"
+            )
         torch.backends.cudnn.benchmark = self.cfg.perf.cudnn_benchmark
-        self.run_dir = make_run_dir(self.cfg.out_dir, self.cfg.name, run_dir=run_dir)
-        (self.run_dir / "config.yaml").write_text(
-            yaml.safe_dump(to_dict(self.cfg), sort_keys=False)
+        self.run_dir = Path(
+            self.on_main(make_run_dir, self.cfg.out_dir, self.cfg.name, run_dir=run_dir)
+        )
+        self.on_main(
+            Path.write_text,
+            self.run_dir / "config.yaml",
+            yaml.safe_dump(to_dict(self.cfg), sort_keys=False),
         )
         self.splits, self.spec = datasets if datasets is not None else build_data(self.cfg)
-        self.logger = MetricsLogger(self.run_dir)
+        self.logger = MetricsLogger(self.run_dir, enabled=self.ctx.is_main)
         self.callbacks: list = []
 
     # ---- helpers -------------------------------------------------------------------------
+    def on_main(self, fn, *args, **kwargs):
+        """`fn(*args, **kwargs)` on rank 0 alone, as a single process, after every rank got here;
+        every rank returns rank 0's result once it is done. All file writes go through here."""
+        ctx = self.ctx
+        if not ctx.enabled:
+            return fn(*args, **kwargs)
+        torch.distributed.barrier()  # a file checked before this point is not written yet
+        out = None
+        if ctx.is_main:
+            self.ctx = DistContext()
+            try:
+                out = fn(*args, **kwargs)
+            finally:
+                self.ctx = ctx
+        return share(out, ctx)
+
     def emit(self, record: dict) -> None:
         for callback in self.callbacks:
             callback(record)
@@ -91,11 +135,11 @@ class AdaShareTrainer:
         return model
 
     def validate(self, forward, spec, model, split: str = "val") -> dict:
-        """Metrics of `forward` on a split with the model in eval mode."""
+        """Metrics of `forward` on a split with the model in eval mode (rank 0's on every rank)."""
         if split == "test" and not getattr(self, "_testing", False):
             raise RuntimeError("the test split is only read by the final evaluation")
         model.eval()
-        return evaluate_split(
+        metrics = evaluate_split(
             forward,
             self.splits[split],
             spec,
@@ -103,9 +147,10 @@ class AdaShareTrainer:
             device=self.device,
             upsample=self.cfg.parity.eval_upsample,
             channels_last=self.cfg.perf.channels_last,
-            progress=self.cfg.progress,
+            progress=self.cfg.progress and self.ctx.is_main,
             desc=split,
         )
+        return share(metrics, self.ctx)
 
     def test(self, forward, spec, model) -> dict:
         """Final evaluation on the test split (the only place it is read)."""
@@ -117,11 +162,10 @@ class AdaShareTrainer:
             self._testing = False
 
     def reference(self) -> dict | None:
-        """Selection reference: `selection_reference` file, else the single-task baseline's
-        validation results in this run, else the end-of-warm-up validation results."""
+        """Selection reference: `selection_reference` file (`read_reference`), else the
+        single-task baseline's validation results in this run, else the end-of-warm-up ones."""
         if self.cfg.selection_reference:
-            data = json.loads(Path(self.cfg.selection_reference).read_text())
-            return data.get("val") or data["runs"]["single_task"]["val"]
+            return read_reference(Path(self.cfg.selection_reference))
         for folder in (self.run_dir / "baselines" / "single_task", self.run_dir / "warmup"):
             done = loops.read_result(folder)
             if done is not None and done.get("val"):
@@ -176,7 +220,7 @@ class AdaShareTrainer:
             "best_score": state["best_score"],
             "has_best": (folder / BEST).is_file(),
         }
-        loops.write_json(folder / "done.json", done)
+        self.on_main(loops.write_json, folder / "done.json", done)
         return done
 
     def searched_model(self) -> tuple[AdaShareNet, str]:
@@ -198,20 +242,23 @@ class AdaShareTrainer:
         self.search()
         model, source = self.searched_model()
         policies = []
-        for i, path in enumerate(paths):
-            g = torch.Generator().manual_seed(seeds[i])
-            p = model.sample_policy(generator=g, mode=s.mode)
-            p = Policy(p.tasks, p.execute, model.backbone_name, seeds[i], source)
-            p.to_json(path)
-            policies.append(p)
+        for seed in seeds[: s.num]:
+            p = model.sample_policy(generator=torch.Generator().manual_seed(seed), mode=s.mode)
+            policies.append(Policy(p.tasks, p.execute, model.backbone_name, seed, source))
+        self.on_main(self.save_policies, policies, paths, model.execution_probs())
+        return policies
+
+    def save_policies(self, policies: list[Policy], paths: list[Path], probs) -> None:
+        """Write the sampled policies (JSON) and the pictures of α and of policy 0."""
+        for policy, path in zip(policies, paths):
+            policy.to_json(path)
         plot_policy(
-            model.execution_probs(),
+            probs,
             self.run_dir / "policy_probs.png",
-            tasks=model.tasks,
+            tasks=policies[0].tasks,
             title="learned execution probabilities α",
         )
         plot_policy(policies[0], self.run_dir / "policy.png", title="sampled policy 0")
-        return policies
 
     def retrain(self, policy: Policy, index: int = 0) -> dict:
         """Re-train from scratch (seed + index) with the fixed `policy` and true skipping (§3.4)."""
@@ -220,12 +267,13 @@ class AdaShareTrainer:
         if self.cfg.retrain.from_search:
             searched, _ = self.searched_model()
             model.load_state_dict(searched.state_dict())
+        executor = TreeExecutor(model, policy)
         result = loops.train_fixed(
             self,
             folder=folder,
             model=model,
             train_forward=lambda x, it: model(x, policy),
-            eval_forward=lambda x, b: model(x, policy),
+            eval_forward=lambda x, b: executor(x),
             spec=self.spec,
             iters=self.cfg.retrain.iters,
             val_freq=self.cfg.retrain.val_freq,
@@ -251,7 +299,7 @@ class AdaShareTrainer:
         and report the selected one and mean ± std over all samples."""
         from efficientdl.adashare.results import finish_adashare
 
-        return finish_adashare(self, self.retrain_all())
+        return self.on_main(finish_adashare, self, self.retrain_all())
 
     def evaluate(self, split: str = "test") -> dict:
         """Metrics of the selected re-trained model on `split` ('val' or 'test')."""
@@ -261,7 +309,8 @@ class AdaShareTrainer:
         model.load_state_dict(
             load_checkpoint(selected["checkpoint"], map_location=self.device)["model"]
         )
-        forward = lambda x, b: model(x, policy)  # noqa: E731
+        executor = TreeExecutor(model, policy)
+        forward = lambda x, b: executor(x)  # noqa: E731
         return (
             self.test(forward, self.spec, model)
             if split == "test"
@@ -285,4 +334,27 @@ class AdaShareTrainer:
         self.select()
         for name in baselines:
             self.run_baseline(name)
-        return write_results(self)
+        return self.on_main(write_results, self)
+
+
+def read_reference(path: Path) -> dict:
+    """Single-task validation metrics {task: {metric: value}} from `selection_reference`: a file
+    with a "val" entry (a baseline's result.json, an ablation's reference.json) or the
+    results.json of a pipeline run, whose folder holds baselines/single_task/result.json."""
+    data = json.loads(path.read_text())
+    if "val" in data:
+        return data["val"]
+    if "runs" not in data:
+        raise ValueError(
+            f"selection_reference {path}: expected a result.json with 'val' or a pipeline's "
+            "results.json with 'runs'"
+        )
+    single = path.parent / "baselines" / "single_task"
+    done = loops.read_result(single)
+    if done is None or not done.get("val"):
+        raise ValueError(
+            f"selection_reference {path}: results.json holds test metrics only, and the "
+            f"single-task validation metrics ('val' in {single / loops.RESULT}) are missing; "
+            "run the single_task baseline in that run folder or point at a file with 'val'"
+        )
+    return done["val"]
