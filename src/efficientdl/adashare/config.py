@@ -198,7 +198,7 @@ DEMO: dict = {
         "dataset": "procedural",
         "tasks": ["seg", "normal", "depth"],
         "size": 64,
-        "num_train": 256,
+        "num_train": 512,
         "num_val": 48,
         "num_test": 96,
     },
@@ -206,8 +206,8 @@ DEMO: dict = {
     "train": {
         "batch_size": 16,
         "eval_batch_size": 64,
-        "total_iters": 104,
-        "warmup_iters": 32,
+        "total_iters": 200,
+        "warmup_iters": 60,
         "weight_iters": 6,
         "policy_iters": 3,
         "curriculum_speed": 1,
@@ -216,5 +216,5 @@ DEMO: dict = {
         "ckpt_every": 50,
     },
     "sample": {"num": 2},
-    "retrain": {"iters": 30, "val_freq": 15},
+    "retrain": {"iters": 120, "val_freq": 40},
 }
