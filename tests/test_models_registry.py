@@ -1,6 +1,9 @@
 """efficientdl.models: torchvision-compatible ResNets (names, shapes, counts), the small CNN,
 and one sweep over the registry (forward, fx tracing, KELS split)."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 import torch.fx
@@ -18,60 +21,22 @@ from efficientdl.models import (
 )
 from test_ke_masks import one_thread  # noqa: F401 (autouse fixture)
 
-# Written from torchvision's documented ResNet (v1.5) architecture, not from our code.
-TV_COUNTS = {  # parameters with 1000 classes, state_dict entries, parameter tensors
-    "resnet18": (11_689_512, 122, 62),
-    "resnet34": (21_797_672, 218, 110),
-    "resnet50": (25_557_032, 320, 161),
-}
-TV_SHAPES = {
-    "resnet18": {
-        "conv1.weight": (64, 3, 7, 7),
-        "bn1.weight": (64,),
-        "bn1.running_var": (64,),
-        "bn1.num_batches_tracked": (),
-        "layer1.0.conv1.weight": (64, 64, 3, 3),
-        "layer1.1.bn2.bias": (64,),
-        "layer2.0.conv1.weight": (128, 64, 3, 3),
-        "layer2.0.downsample.0.weight": (128, 64, 1, 1),
-        "layer2.0.downsample.1.running_mean": (128,),
-        "layer3.1.conv2.weight": (256, 256, 3, 3),
-        "layer4.0.downsample.0.weight": (512, 256, 1, 1),
-        "layer4.1.conv2.weight": (512, 512, 3, 3),
-        "fc.weight": (1000, 512),
-        "fc.bias": (1000,),
-    },
-    "resnet34": {
-        "layer1.2.conv2.weight": (64, 64, 3, 3),
-        "layer2.3.conv1.weight": (128, 128, 3, 3),
-        "layer3.5.bn2.weight": (256,),
-        "layer4.2.conv2.weight": (512, 512, 3, 3),
-        "fc.weight": (1000, 512),
-    },
-    "resnet50": {
-        "layer1.0.conv1.weight": (64, 64, 1, 1),
-        "layer1.0.conv2.weight": (64, 64, 3, 3),
-        "layer1.0.conv3.weight": (256, 64, 1, 1),
-        "layer1.0.downsample.0.weight": (256, 64, 1, 1),
-        "layer2.0.conv1.weight": (128, 256, 1, 1),
-        "layer2.0.conv2.weight": (128, 128, 3, 3),
-        "layer3.5.bn3.weight": (1024,),
-        "layer4.2.conv3.weight": (2048, 512, 1, 1),
-        "fc.weight": (1000, 2048),
-    },
-}
+# Parameter counts from torchvision's documentation; the full state_dict listing (names, order,
+# shapes) was written from torchvision 0.28.0's own models, `[[key, list(v.shape)] for k, v in
+# torchvision.models.resnet18(num_classes=1000).state_dict().items()]` (and 34, 50).
+TV_PARAMS = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032}
+TV_STATE = json.loads(
+    (Path(__file__).parent / "data" / "torchvision_resnet_state_dicts.json").read_text()
+)
 BUILDERS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
 
 
-@pytest.mark.parametrize("name", sorted(TV_COUNTS))
+@pytest.mark.parametrize("name", sorted(TV_PARAMS))
 def test_resnet_matches_torchvision_names_shapes_and_counts(name):
     model = BUILDERS[name]()
-    params, entries, tensors = TV_COUNTS[name]
     state = model.state_dict()
-    assert sum(p.numel() for p in model.parameters()) == params
-    assert len(state) == entries and len(list(model.parameters())) == tensors
-    for key, shape in TV_SHAPES[name].items():
-        assert tuple(state[key].shape) == shape, key
+    assert sum(p.numel() for p in model.parameters()) == TV_PARAMS[name]
+    assert [[k, list(v.shape)] for k, v in state.items()] == TV_STATE["models"][name]
     top = [n for n, _ in model.named_children()]
     assert top == ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4",
                    "avgpool", "fc"]  # fmt: skip
@@ -132,3 +97,17 @@ def test_registry_errors():
         build_model("vgg99")
     with pytest.raises(ValueError, match="model 'small_cnn' registered twice"):
         register_model("small_cnn")(small_cnn)
+
+
+@pytest.mark.parametrize("name", sorted(TV_PARAMS))
+def test_torchvision_weights_load_strictly_with_equal_outputs(name):
+    """Where the optional torchvision extra is installed: its weights load into ours strictly and
+    both nets give identical outputs."""
+    tv_models = pytest.importorskip("torchvision.models")
+    torch.manual_seed(0)
+    theirs = getattr(tv_models, name)(num_classes=10).eval()
+    ours = BUILDERS[name](10).eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
