@@ -13,18 +13,20 @@ from pathlib import Path
 
 import numpy as np
 
+from efficientdl.adashare.config import ABLATIONS
 from efficientdl.adashare.metrics import DELTA_METRICS, delta_t
 
-ARMS = ("single_task", "multi_task", "random_policy", "stochastic_depth", "adashare")
+BASELINE_ARMS = ("single_task", "multi_task", "random_policy", "stochastic_depth")
+ARMS = (*BASELINE_ARMS, "adashare", *ABLATIONS)  # ablations: columns where a seed ran them
 
 
 def load_runs(folder: Path) -> dict:
-    """{arm: result} of one seed's run folder (AdaShare and finished baselines)."""
+    """{arm: result} of one seed's run folder (AdaShare, finished baselines and ablations)."""
     runs = {}
     ada = folder / "adashare_result.json"
     if ada.is_file():
         runs["adashare"] = json.loads(ada.read_text())
-    for arm in ARMS[:-1]:
+    for arm in (a for a in ARMS if a != "adashare"):
         path = folder / "baselines" / arm / "result.json"
         if path.is_file():
             result = json.loads(path.read_text())
