@@ -78,7 +78,8 @@ def test_evaluate_and_stats_take_run_dir_and_or_config(tmp_path, capsys, monkeyp
     monkeypatch.setattr(train_module, "_load_data", lambda recipe, root: data)
     run = str(tmp_path / "run")
     small = ["--set", "epochs=1", "--set", "batch_size=10", "--set", "train_subset=null"]
-    assert main(["snn", "train", "--config", CONFIG, "--run-dir", run, "--no-report", *small]) == 0
+    assert main(["snn", "train", "--config", CONFIG, "--run-dir", run, *small]) == 0
+    assert "| 1 |" in (tmp_path / "run" / "report.md").read_text()  # report from the checkpoint
     out = capsys.readouterr().out
     trained = json.loads(out[out.index("{") :])["final_test_accuracy"]
     assert main(["snn", "evaluate", "--run-dir", run]) == 0  # the checkpoint's saved recipe
@@ -87,7 +88,7 @@ def test_evaluate_and_stats_take_run_dir_and_or_config(tmp_path, capsys, monkeyp
     assert json.loads(capsys.readouterr().out)["accuracy"] == trained
     fmnist = CONFIG.replace("demo.yaml", "fmnist_cnn.yaml")
     assert main(["snn", "evaluate", "--run-dir", run, "--config", fmnist]) == 2
-    assert "holds a 'mnist_cnn' checkpoint" in capsys.readouterr().err
+    assert "the recipe is for model 'fmnist_cnn' but" in capsys.readouterr().err
     assert main(["snn", "stats", "--config", CONFIG, "--batches", "1"]) == 0  # as initialised
     assert "layers" in capsys.readouterr().out
     assert main(["snn", "stats"]) == 2

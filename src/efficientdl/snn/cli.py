@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from efficientdl.core.config import add_config_args, load_config
 
@@ -60,28 +59,12 @@ def _train(args) -> int:
 
 def _load_run(args):
     """(recipe, network, data) of `--run-dir`'s checkpoint and/or `--config`, with `--set`."""
-    from efficientdl.core import load_checkpoint
-    from efficientdl.core.config import apply_overrides, from_dict
-    from efficientdl.snn.models import TSSLBPRecipe, build
-    from efficientdl.snn.train import CHECKPOINT, _load_data
+    from efficientdl.snn.train import load_run
 
     if args.run_dir is None and args.config is None:
         raise ValueError("give --run-dir (a trained run) or --config (a recipe), or both")
-    state = None if args.run_dir is None else load_checkpoint(Path(args.run_dir) / CHECKPOINT)
-    if args.config is not None:
-        recipe = _recipe(args)
-    else:
-        recipe = from_dict(TSSLBPRecipe, apply_overrides(state["recipe"], args.overrides))
-        recipe = recipe.validate()
-    net = build(recipe.model, **recipe.model_overrides())
-    if state is not None:
-        if state["recipe"]["model"] != recipe.model:
-            raise ValueError(
-                f"--config is for model {recipe.model!r} but {args.run_dir} holds a "
-                f"{state['recipe']['model']!r} checkpoint"
-            )
-        net.load_state_dict(state["model"])
-    return recipe, net, _load_data(recipe, recipe.data_root)
+    recipe = None if args.config is None else _recipe(args)
+    return load_run(args.run_dir, recipe=recipe, overrides=args.overrides)
 
 
 def _evaluate(args) -> int:

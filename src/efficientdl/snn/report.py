@@ -94,12 +94,12 @@ def _plot_rates(report, path: Path) -> None:
 
 def write_report(run_dir: str | Path) -> Path:
     """Write report.md, accuracy.png, raster.png and firing_rates.png into `run_dir`."""
-    from efficientdl.snn.cli import _load_run
+    from efficientdl.snn.train import load_run
 
     run_dir = Path(run_dir)
     history = json.loads((run_dir / "metrics.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
-    recipe, net, (_, test_set) = _load_run(run_dir)
+    recipe, net, (_, test_set) = load_run(run_dir)
     plot_accuracy(history, run_dir / "accuracy.png")
     x, y = test_set.get_batch(torch.tensor([0]))
     _plot_raster(spike_raster(net, x), int(y[0]), run_dir / "raster.png")

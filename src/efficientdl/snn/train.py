@@ -318,3 +318,23 @@ def _check_finite(sums: torch.Tensor, epoch: int, step: int) -> None:
             f"training loss became {loss} (gradient norm {grad}) in epoch {epoch + 1} before "
             f"step {step + 1}; lower lr or check the inputs for NaN/inf"
         )
+
+
+def load_run(run_dir=None, *, recipe: TSSLBPRecipe | None = None, overrides=()):
+    """(recipe, network, (train, test)) of a run folder's checkpoint: its saved recipe with
+    `overrides`, or `recipe` (which must be for the same model); without `run_dir` the network of
+    `recipe` as initialised."""
+    from efficientdl.core.config import apply_overrides, from_dict
+
+    state = None if run_dir is None else load_checkpoint(Path(run_dir) / CHECKPOINT)
+    if recipe is None:
+        recipe = from_dict(TSSLBPRecipe, apply_overrides(state["recipe"], overrides)).validate()
+    net = build(recipe.model, **recipe.model_overrides())
+    if state is not None:
+        if state["recipe"]["model"] != recipe.model:
+            raise ValueError(
+                f"the recipe is for model {recipe.model!r} but {run_dir} holds a "
+                f"{state['recipe']['model']!r} checkpoint"
+            )
+        net.load_state_dict(state["model"])
+    return recipe, net, _load_data(recipe, recipe.data_root)
