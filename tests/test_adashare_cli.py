@@ -9,7 +9,10 @@ import torch
 import yaml
 from PIL import Image
 
-from adashare_support import one_thread  # noqa: F401
+from adashare_support import (
+    TINY,
+    one_thread,  # noqa: F401
+)
 from efficientdl.adashare import search
 from efficientdl.adashare.config import AdaShareConfig
 from efficientdl.adashare.policy import Policy
@@ -17,34 +20,6 @@ from efficientdl.adashare.trainer import AdaShareTrainer
 from efficientdl.adashare.viz import plot_policy
 from efficientdl.cli import main
 from efficientdl.core.config import apply_overrides, from_dict
-
-TINY = {
-    "seed": 5,
-    "device": "cpu",
-    "progress": False,
-    "baselines": [],
-    "data": {
-        "dataset": "procedural",
-        "tasks": ["seg", "depth"],
-        "size": 16,
-        "num_train": 16,
-        "num_val": 4,
-        "num_test": 4,
-    },
-    "model": {"backbone": "resnet18", "head": "light", "width": 4},
-    "train": {
-        "batch_size": 4,
-        "eval_batch_size": 4,
-        "total_iters": 14,
-        "warmup_iters": 2,
-        "weight_iters": 2,
-        "policy_iters": 2,
-        "curriculum_speed": 1,
-        "ckpt_every": 5,
-    },
-    "sample": {"num": 1},
-    "retrain": {"iters": 2, "val_freq": 2},
-}
 
 
 def tiny(*overrides):

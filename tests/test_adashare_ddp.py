@@ -27,43 +27,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from adashare_support import one_thread  # noqa: F401
+from adashare_support import TINY, one_thread  # noqa: F401
 from efficientdl.adashare import engine, loops, search
 from efficientdl.adashare.config import AdaShareConfig
 from efficientdl.adashare.model import AdaShareNet
 from efficientdl.adashare.trainer import AdaShareTrainer
 from efficientdl.core import DistContext
-from efficientdl.core.config import ConfigError, from_dict
+from efficientdl.core.config import ConfigError, apply_overrides, from_dict
 
 NAN_ITER = 9
-CONFIG = {
-    "seed": 5,
-    "device": "cpu",
-    "threads": 1,
-    "progress": False,
-    "baselines": [],
-    "data": {
-        "dataset": "procedural",
-        "tasks": ["seg", "depth"],
-        "size": 16,
-        "num_train": 16,
-        "num_val": 4,
-        "num_test": 4,
-    },
-    "model": {"backbone": "resnet18", "head": "light", "width": 4},
-    "train": {
-        "batch_size": 4,
-        "eval_batch_size": 4,
-        "total_iters": 14,
-        "warmup_iters": 2,
-        "weight_iters": 2,
-        "policy_iters": 2,
-        "curriculum_speed": 1,
-        "ckpt_every": 5,
-    },
-    "sample": {"num": 1},
-    "retrain": {"iters": 3, "val_freq": 3},
-}
+CONFIG = apply_overrides(TINY, ["threads=1", "retrain.iters=3", "retrain.val_freq=3"])
 
 
 def instrument(patch, trainer, *, nan_at: int | None = None) -> dict:
