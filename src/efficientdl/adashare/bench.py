@@ -490,15 +490,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=64, help="stage-1 channels (64 = paper)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
-    for flag, what, cpu in (
-        ("--warmup", "untimed calls, inference", 1),
-        ("--train-warmup", "untimed calls, training steps", 1),
-        ("--iters", "timed rounds, inference", 5),
-        ("--train-iters", "timed rounds, training steps", 3),
+    for key, what in (
+        ("warmup", "untimed calls, inference"),
+        ("train_warmup", "untimed calls, training steps"),
+        ("iters", "timed rounds, inference"),
+        ("train_iters", "timed rounds, training steps"),
     ):
-        gpu = PROTOCOL_GPU[flag.lstrip("-").replace("-", "_")]
         parser.add_argument(
-            flag, type=int, default=None, help=f"{what} (default {gpu} on CUDA, {cpu} on CPU)"
+            "--" + key.replace("_", "-"),
+            type=int,
+            default=None,
+            help=f"{what} (default {PROTOCOL_GPU[key]} on CUDA, {PROTOCOL_CPU[key]} on CPU)",
         )
     parser.add_argument(
         "--run-dir",
