@@ -1,11 +1,21 @@
-"""The `efficientdl` command line: one sub-command per method plus `data`."""
+"""The `efficientdl` command line: one sub-command per method plus `data`, `configs`, `report`.
+
+A user's mistake (bad config, missing or corrupt data, an unusable run folder, a diverging run)
+prints one `error: …` line on stderr and exits 2; `EFFICIENTDL_DEBUG=1` shows the traceback.
+Ctrl-C exits 130 and prints the command that continues the run.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 
-from efficientdl.core.config import ConfigError
+from efficientdl.core.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
 def _data_command(args) -> int:
@@ -27,6 +37,36 @@ def _report_command(args) -> int:
     return 0
 
 
+def _configs_command(args) -> int:
+    from efficientdl.core.recipes import list_recipes
+
+    for name in list_recipes(args.method):
+        print(name)
+    return 0
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser):
+    """Every parser of the tree that has no sub-commands of its own."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield parser
+    for action in subs:
+        for child in dict.fromkeys(action.choices.values()):
+            yield from _leaf_parsers(child)
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, default) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--quiet", dest="verbosity", action="store_const", const="quiet", default=default,
+        help="show warnings and errors only",
+    )  # fmt: skip
+    group.add_argument(
+        "--verbose", dest="verbosity", action="store_const", const="verbose", default=default,
+        help="also show debug messages",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (sub-commands registered by each method's cli module)."""
     from efficientdl.adashare import cli as adashare_cli
@@ -34,14 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     from efficientdl.snn import cli as snn_cli
 
     parser = argparse.ArgumentParser(prog="efficientdl", description=__doc__)
+    _add_verbosity(parser, "normal")
     sub = parser.add_subparsers(dest="command", required=True)
     data_parser = sub.add_parser("data", help="fetch or list datasets")
     data_sub = data_parser.add_subparsers(dest="action", required=True)
     fetch = data_sub.add_parser("fetch", help="download a dataset into the data cache")
-    fetch.add_argument("name", help="mnist or fashion-mnist")
+    fetch.add_argument("name", help="mnist, fashion-mnist or digits")
     fetch.add_argument("--dest", default=None, help="cache folder (default $EFFICIENTDL_DATA)")
     data_sub.add_parser("list", help="show which datasets are available locally")
     data_parser.set_defaults(func=_data_command)
+    configs = sub.add_parser("configs", help="list the recipes shipped in the package")
+    configs.add_argument("method", nargs="?", choices=("snn", "ke", "adashare"), default=None)
+    configs.set_defaults(func=_configs_command)
     report = sub.add_parser("report", help="combine run folders' report.md into one file")
     report.add_argument("run_dirs", nargs="+", help="run folders, each with a report.md")
     report.add_argument("--out", required=True, help="the combined Markdown file")
@@ -49,18 +93,48 @@ def build_parser() -> argparse.ArgumentParser:
     snn_cli.register(sub)
     adashare_cli.register(sub)
     ke_cli.register(sub)
+    for leaf in _leaf_parsers(parser):
+        if leaf is not parser:
+            _add_verbosity(leaf, argparse.SUPPRESS)
     return parser
+
+
+def _is_main_rank() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues an interrupted run: this one, with `--resume`."""
+    words = ["efficientdl", *argv]
+    if "--resume" not in words:
+        words.append("--resume")
+    return shlex.join(words)
 
 
 def main(argv=None) -> int:
     """Entry point of the `efficientdl` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    from efficientdl.core.log import configure
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    configure(args.verbosity, is_main=_is_main_rank())
+    debug = os.environ.get("EFFICIENTDL_DEBUG", "") not in ("", "0")
     try:
         return args.func(args) or 0
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"efficientdl: error: {err}", file=sys.stderr)
-        return 2
+    except UserError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        if _is_main_rank():
+            if getattr(args, "resumable", False) and getattr(args, "run_dir", None):
+                print(f"interrupted; continue with: {resume_command(argv)}", file=sys.stderr)
+            else:
+                print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

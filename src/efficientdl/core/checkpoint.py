@@ -1,9 +1,17 @@
-"""Atomic checkpoints and RNG state capture, so a killed run resumes exactly."""
+"""Atomic checkpoints and RNG state capture, so a killed run resumes exactly.
+
+Checkpoints are data, never code: they hold tensors and plain Python values only (the RNG
+states too), and `load_checkpoint` reads them with `torch.load(weights_only=True)`, so a crafted
+file in a shared run folder cannot run anything. Checkpoints of older versions, whose numpy RNG
+state is a pickled numpy array, load the same way: numpy's array reconstruction is the one extra
+thing allowed."""
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -11,12 +19,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from efficientdl.core.errors import DataError, RunFolderError, UnsafeFileError
+
 
 def rng_state() -> dict[str, Any]:
     """Snapshot of every random generator a run uses (python, numpy, torch CPU and CUDA)."""
+    version, words, gauss = random.getstate()
+    kind, key, pos, has_gauss, cached = np.random.get_state()
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {"version": version, "state": torch.tensor(words), "gauss": gauss},
+        "numpy": {
+            "kind": kind,
+            "key": torch.from_numpy(key.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -25,9 +43,15 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore generators captured by `rng_state`."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore generators captured by `rng_state` (or by older versions, as raw tuples)."""
+    py, npy = state["python"], state["numpy"]
+    if isinstance(py, dict):
+        py = (py["version"], tuple(py["state"].tolist()), py["gauss"])
+    if isinstance(npy, dict):
+        key = npy["key"].numpy().astype(np.uint32)
+        npy = (npy["kind"], key, npy["pos"], npy["has_gauss"], npy["cached"])
+    random.setstate(py)
+    np.random.set_state(npy)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -56,9 +80,30 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
+def _numpy_array_globals() -> list:
+    from numpy._core import multiarray
+
+    return [multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
 def load_checkpoint(path: str | Path, *, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint`."""
+    """Read a checkpoint written by `save_checkpoint` as data only (`weights_only=True`).
+
+    A file that asks for any other object is refused with UnsafeFileError (nothing in it runs);
+    a missing file is a RunFolderError, a truncated or damaged one a DataError."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return torch.load(path, map_location=map_location, weights_only=False)
+        raise RunFolderError(f"checkpoint {path} does not exist")
+    try:
+        with torch.serialization.safe_globals(_numpy_array_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        what = f"it asks for {found.group(1)}" if found else "it asks for objects"
+        raise UnsafeFileError(
+            f"checkpoint {path} was not loaded: {what}, and checkpoints may hold only tensors "
+            "and plain data (nothing in it ran)"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        first = str(err).split(". ")[0]
+        raise DataError(f"checkpoint {path} is damaged or truncated ({first}); delete it") from None

@@ -6,7 +6,9 @@ it; unknown keys and values of the wrong type are errors that name the key.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -14,11 +16,53 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
+from efficientdl.core.errors import ConfigError
+
 T = TypeVar("T")
 
+# YAML 1.1 (PyYAML) reads `1e-3`, `1E6` and `5e-4` as strings; YAML 1.2 and Python read them as
+# numbers. This resolver, tried before PyYAML's own, gives every float spelling Python accepts.
+_FLOAT = re.compile(
+    r"""^[-+]?(?:(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+_INT = re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$")
 
-class ConfigError(ValueError):
-    """A config file or override names an unknown key or gives a value of the wrong type."""
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 float spellings (`1e-3` is a float)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    key: list(value) for key, value in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _first in "-+0123456789.":
+    _Loader.yaml_implicit_resolvers.setdefault(_first, []).insert(
+        0, ("tag:yaml.org,2002:float", _FLOAT)
+    )
+
+
+def _construct_number(loader, node):
+    text = loader.construct_scalar(node)
+    return int(text.replace("_", "")) if _INT.match(text) else loader.construct_yaml_float(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:float", _construct_number)
+
+
+def parse_yaml(text: str, *, source: str = "<string>") -> Any:
+    """Parse YAML with every Python float spelling accepted; a syntax error becomes one
+    ConfigError `SOURCE:LINE:COL: problem`."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        raise ConfigError(f"{where}: {err.problem or err.context}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def _type_name(tp: Any) -> str:
@@ -64,6 +108,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}': expected float, got {value!r}")
         return float(value)
     if tp is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)  # `1e4` for an int field
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"config key '{key}': expected int, got {value!r}")
         return value
@@ -112,13 +158,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    value = parse_yaml(raw, source=f"--set {key}") if raw.strip() else ""
     return key, value
 
 
 def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> dict[str, Any]:
     """Return a copy of `data` with dotted `key=value` overrides applied."""
-    out = yaml.safe_load(yaml.safe_dump(data)) or {}
+    out = copy.deepcopy(data)
     for text in overrides:
         key, value = parse_override(text)
         node = out
@@ -131,25 +177,33 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> di
     return out
 
 
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML (or JSON) config file; errors name the file (and line, column)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    data = parse_yaml(path.read_text(), source=str(path)) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides=()) -> T:
     """Load dataclass `cls` from a YAML file (optional) plus `key=value` overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    data = read_config_file(path) if path is not None else {}
     return from_dict(cls, apply_overrides(data, overrides))
 
 
-def add_config_args(parser, *, example: str, required: bool = True) -> None:
-    """Add the `--config FILE` and repeatable `--set KEY=VALUE` options every sub-command shares
-    (overrides land in `args.overrides`; unknown keys fail later in `load_config`)."""
+def add_config_args(parser, *, method: str, example: str, required: bool = True) -> None:
+    """Add the `--config NAME|FILE` and repeatable `--set KEY=VALUE` options every sub-command
+    shares (overrides land in `args.overrides`; unknown keys fail later in `config_from_args`)."""
     parser.add_argument(
-        "--config", required=required, default=None, help=f"YAML config, e.g. {example}"
+        "--config",
+        required=required,
+        default=None,
+        help=f"a packaged recipe name or a YAML file, e.g. {example} (`efficientdl configs`)",
     )
+    parser.set_defaults(config_method=method)
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -158,3 +212,15 @@ def add_config_args(parser, *, example: str, required: bool = True) -> None:
         metavar="KEY=VALUE",
         help="override a config field (repeatable); unknown keys are errors",
     )
+
+
+def config_from_args(cls: type[T], args, *, stored: dict[str, Any] | None = None) -> T:
+    """`cls` from a command's `--config NAME|FILE` (a packaged recipe of `args.config_method` or a
+    file) and `--set` overrides; without `--config`, from `stored` (a resumed run's config)."""
+    from efficientdl.core.recipes import resolve_recipe
+
+    if args.config is not None:
+        data = read_config_file(resolve_recipe(args.config, args.config_method))
+    else:
+        data = stored if stored is not None else {}
+    return from_dict(cls, apply_overrides(data, args.overrides))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from pathlib import Path
@@ -35,3 +36,12 @@ def make_run_dir(root: str | Path, name: str, *, run_dir: str | Path | None = No
         path = Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def derive_seed(seed: int, *parts) -> int:
+    """A 63-bit seed for one random stream of a run: SHA-256 of `"seed:part1:part2..."`.
+
+    Streams (an epoch's order, a generation's re-initialisation, a rank's augmentation) get
+    independent, reproducible seeds from the one user seed without arithmetic collisions."""
+    digest = hashlib.sha256(":".join(map(str, (seed, *parts))).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
