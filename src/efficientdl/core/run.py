@@ -72,7 +72,7 @@ def stored_run(path: str | Path) -> dict[str, Any] | None:
     try:
         record = json.loads(file.read_text())
     except json.JSONDecodeError as err:
-        raise RunFolderError(f"{file} is not valid JSON ({err}); the run folder is damaged") from None
+        raise RunFolderError(f"{file} is not valid JSON ({err}); the folder is damaged") from None
     if not isinstance(record, dict) or "method" not in record or "config" not in record:
         raise RunFolderError(
             f"{file} was written by an older efficientdl (no 'method'/'config' record); start a "
