@@ -1,13 +1,13 @@
 # Two entry points, both working in a fresh clone with only Python 3.11 and pip:
 #   make demo   - set up .venv, fetch MNIST, run the TSSL-BP, KE and AdaShare demos, one report
-#   make test   - set up .venv with [dev], run ruff and pytest
+#   make test   - set up .venv with [dev,tensorboard], run ruff and pytest (the wheel test too)
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV ?= .venv
 BIN := $(VENV)/bin
 RUN_DIR ?= runs/demo
 
-.PHONY: demo test setup setup-dev clean
+.PHONY: demo test lint setup setup-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ setup: $(BIN)/python
 
 setup-dev: $(BIN)/python
 	$(BIN)/pip install "$(TORCH)"
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install -e ".[dev,tensorboard]"
 
 DEMO_PARTS := $(RUN_DIR)/snn $(RUN_DIR)/ke $(RUN_DIR)/adashare
 
@@ -27,15 +27,19 @@ demo: setup
 	$(BIN)/efficientdl data fetch mnist
 	$(BIN)/efficientdl data fetch digits
 	rm -rf $(DEMO_PARTS)
-	$(BIN)/efficientdl snn train --config configs/snn/demo.yaml --run-dir $(RUN_DIR)/snn
-	$(BIN)/efficientdl ke train --config configs/ke/demo.yaml --run-dir $(RUN_DIR)/ke
-	$(BIN)/efficientdl adashare pipeline --config configs/adashare/procedural_demo.yaml \
+	$(BIN)/efficientdl snn train --config snn/demo --run-dir $(RUN_DIR)/snn
+	$(BIN)/efficientdl ke train --config ke/demo --run-dir $(RUN_DIR)/ke
+	$(BIN)/efficientdl adashare pipeline --config adashare/procedural_demo \
 		--run-dir $(RUN_DIR)/adashare
 	$(BIN)/efficientdl report --out $(RUN_DIR)/report.md $(DEMO_PARTS)
 
-test: setup-dev
+lint: setup-dev
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+
+# pytest's exit code 5 (no test collected) is reported, not hidden
+test: lint
+	$(BIN)/python -m pytest -q; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$status
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,4 +1,4 @@
-"""AdaShare training-step and inference speed, ours vs the official masked mode (issue 6); see
+"""AdaShare training-step and inference speed, ours vs the official masked mode; see
 efficientdl.adashare.bench.
 
 python benchmarks/adashare_speed.py [--device cuda] [--precision bf16] [--channels-last]

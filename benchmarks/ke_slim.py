@@ -1,5 +1,5 @@
 """Dense vs slim ResNet-18 (100 classes, 224²): parameters, MACs, official-rule ops and measured
-latency, plus generation-switching costs (spec §7).
+latency, plus generation-switching costs.
 
     python benchmarks/ke_slim.py                       # CPU (all cores and 1 thread), GPU if any
     python benchmarks/ke_slim.py --threads 2           # CPU at 2 threads only

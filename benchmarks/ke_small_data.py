@@ -1,4 +1,4 @@
-"""Small-data Knowledge Evolution benchmark (spec §5.3): KE vs N1, a compute-matched long run and
+"""Small-data Knowledge Evolution benchmark: KE vs N1, a compute-matched long run and
 a restarts-only control, paired per seed, on offline data.
 
     python benchmarks/ke_small_data.py                      # run (resumable) + aggregate
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from efficientdl.core.run import stored_run
 from efficientdl.knowledge_evolution import KEConfig, run_experiment
 
 ARMS = ("ke", "long", "restarts")
@@ -62,7 +63,9 @@ def run_all(args) -> None:
             continue
         t0 = time.time()
         summary = run_experiment(
-            config(args, dataset, per_class, seed, arm), run_dir=run_dir, resume=True
+            config(args, dataset, per_class, seed, arm),
+            run_dir=run_dir,
+            resume=stored_run(run_dir) is not None,  # continue a started run, else start it
         )
         acc = summary["accuracy"]["dense"][-1]
         print(f"[{i + 1}/{len(order)}] {arm} {dataset} {per_class}/class seed {seed}: "

@@ -1,4 +1,4 @@
-"""Accuracy of long TSSL-BP runs, finished or still running (issue 4).
+"""Accuracy of long TSSL-BP runs, finished or still running.
 
     python benchmarks/snn_accuracy.py RUN_DIR [RUN_DIR ...] [--out-dir benchmarks]
 
@@ -19,6 +19,7 @@ from efficientdl.snn.report import plot_accuracy
 def summarise(run_dir: Path) -> dict:
     """Epochs done, final and best test accuracy and wall time of one run folder."""
     config = json.loads((run_dir / "config.json").read_text())
+    config = config.get("config", config)  # {"method", "version", "config"}; older runs: flat
     history = json.loads((run_dir / "metrics.json").read_text())
     if not history:
         raise ValueError(f"{run_dir}: no finished epoch in metrics.json yet")

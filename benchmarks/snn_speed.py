@@ -1,4 +1,4 @@
-"""TSSL-BP step vs ANN floor and the neuron alone (issue 4); see efficientdl.snn.bench.
+"""TSSL-BP step vs ANN floor and the neuron alone; see efficientdl.snn.bench.
 
 python benchmarks/snn_speed.py [--device cuda] [--nets all] [--iters 50]
 """

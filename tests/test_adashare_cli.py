@@ -47,7 +47,7 @@ def test_regulariser_and_curriculum_ablations(tmp_path, monkeypatch, name):
     child = tmp_path / "baselines" / name
     history = json.loads((child / "logits_history.json").read_text())
     n = [h["n_unlocked"] for h in history]
-    child_cfg = yaml.safe_load((child / "config.yaml").read_text())
+    child_cfg = json.loads((child / "config.json").read_text())["config"]
     if name == "no_sparsity":
         assert not sparsity and sharing and child_cfg["train"]["sparsity_weight"] == 0
     if name == "no_sharing":  # the official code then weights the sparsity loss by depth
@@ -94,7 +94,7 @@ def test_reinforce_log_probability_and_policy_step(tmp_path):
 
 def test_reinforce_search_runs_end_to_end(tmp_path):
     result = AdaShareTrainer(tiny(), run_dir=tmp_path).run_baseline("reinforce")
-    cfg = yaml.safe_load((tmp_path / "baselines" / "reinforce" / "config.yaml").read_text())
+    cfg = json.loads((tmp_path / "baselines" / "reinforce" / "config.json").read_text())["config"]
     assert cfg["train"]["search_method"] == "reinforce" and set(result["test"]) == {"seg", "depth"}
 
 
@@ -125,22 +125,22 @@ def test_every_cli_action(tmp_path, capsys):
 
     cli("warmup")
     assert (tmp_path / "run" / "warmup" / "result.json").is_file()
-    cli("search")
+    cli("search", "--resume")  # the next phases continue the run in the same folder
     assert json.loads((tmp_path / "run" / "search" / "done.json").read_text())["iters"] == 14
-    cli("sample")
+    cli("sample", "--resume")
     assert (tmp_path / "run" / "policies" / "policy_00.json").is_file()
-    cli("retrain", "--sample", "0")
+    cli("retrain", "--sample", "0", "--resume")
     assert (tmp_path / "run" / "retrain" / "sample_00" / "best.pt").is_file()
-    cli("select")
+    cli("select", "--resume")
     selected = json.loads((tmp_path / "run" / "adashare_result.json").read_text())
     out = cli("evaluate", "--split", "test")
     assert json.loads(out[out.index("{") :]) == selected["test"]
-    cli("baseline", "--name", "multi_task")
+    cli("baseline", "--name", "multi_task", "--resume")
     assert (tmp_path / "run" / "baselines" / "multi_task" / "result.json").is_file()
     assert main(["adashare", "visualize", *run]) == 0
     assert (tmp_path / "run" / "policies" / "policy_00.png").is_file()
     # the saved config continues a run without --config; pipeline finishes it with the tables
-    assert main(["adashare", "pipeline", *run, "--set", "baselines=[multi_task]"]) == 0
+    assert main(["adashare", "pipeline", *run, "--resume", "--set", "baselines=[multi_task]"]) == 0
     report = (tmp_path / "run" / "report.md").read_text()
     assert "| adashare |" in report and "| multi_task |" in report and "policy.png" in report
 
@@ -155,9 +155,8 @@ def test_cli_errors(tmp_path, capsys):
 
 
 def test_demo_yaml_mirrors_the_built_in_demo():
-    from pathlib import Path
-
     from efficientdl.adashare.config import DEMO
+    from efficientdl.core.recipes import resolve_recipe
 
-    path = Path(__file__).parents[1] / "configs" / "adashare" / "procedural_demo.yaml"
+    path = resolve_recipe("procedural_demo", "adashare")
     assert yaml.safe_load(path.read_text()) == DEMO

@@ -1,5 +1,5 @@
-"""Real-dataset loaders (AdaShare spec §6.1–6.3, 6.5) on tiny files written here in exactly the
-on-disk formats of the spec, and their splits through the trainer's `build_data`."""
+"""Real-dataset loaders on tiny files written here in exactly the
+on-disk formats of the datasets, and their splits through the trainer's `build_data`."""
 
 import json
 import re
@@ -235,7 +235,7 @@ def test_taskonomy_preprocessing(tmp_path):
     assert len(folder) == 1 and set(folder[0]) == {"image", "depth", "depth_mask"}
 
 
-# 2×2 raw values (→ 128² blocks at 256²) and their decoded values, by hand from §6.3
+# 2×2 raw values (→ 128² blocks at 256²) and their decoded values, by hand from the format
 HAND_RAW = {
     "rgb": np.array([[[10, 20, 30], [0, 0, 0]], [[255, 255, 255], [1, 2, 3]]], dtype=np.uint8),
     "segment_semantic": np.array([[0, 1], [2, 17]], dtype=np.uint8),

@@ -1,4 +1,4 @@
-"""AdaShare trainer under DDP (§5.5): two gloo CPU processes against one process, NaN on one rank,
+"""AdaShare trainer under DDP: two gloo CPU processes against one process, NaN on one rank,
 resume, rank 0 as the only writer.
 
 The two ranks are launched as torchrun would (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK) and

@@ -1,4 +1,4 @@
-"""TreeExecutor (issue 6): bit-exact against per-task execution, one evaluation per distinct
+"""TreeExecutor: bit-exact against per-task execution, one evaluation per distinct
 prefix, per-task exported networks, cost falling with skipped blocks."""
 
 import json
@@ -200,7 +200,7 @@ def test_speed_benchmark_runs_and_reports_each_target(tmp_path, capsys):
         bench.policy_from_strings(bench.TASKS, ["0102", "1111", "0000"])
 
 
-def test_gpu_targets_follow_the_issue_and_the_spec():
+def test_gpu_speed_targets():
     """The met/missed logic on hand-made CUDA timings: tree ≤ hard sharing, search ≤ 126.9 ms and
     ≥ 1.6× (bf16) faster than official mode with lower peak, inference peak ≤ 1.1× official."""
 

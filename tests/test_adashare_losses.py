@@ -1,4 +1,4 @@
-"""Task losses and policy regularisers against values worked out by hand (§2, §9.3)."""
+"""Task losses and policy regularisers against values worked out by hand."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Metric meters against an independent numpy implementation; batch-size independence (§9.5)."""
+"""Metric meters against an independent numpy implementation; batch-size independence."""
 
 import math
 
@@ -192,7 +192,7 @@ def test_depth_meter_explicit_mask_keeps_valid_zero_targets(batch):
     raw = rng.integers(0, 65_535, size=(N, 1, H, W))
     raw[rng.random((N, 1, H, W)) < 0.3] = 0  # valid raw depth 0 → encoded target 0
     raw[2] = 0  # an image whose valid targets are all 0: no ratios, still an abs_err
-    target = np.log1p(raw) / np.log(2.0**16)  # Taskonomy encoding (§6.3)
+    target = np.log1p(raw) / np.log(2.0**16)  # Taskonomy encoding
     mask = raw[:, 0] < 64_500
     pred = rng.uniform(0.7, 1.0, size=(N, 1, 4, 4))
     pred[:, :, 0, 0] = -0.05  # non-positive predictions fail every δ

@@ -12,7 +12,7 @@ from efficientdl.adashare import AdaShareNet, Policy, curriculum_pad, flops
 from efficientdl.adashare.counting import costs, param_counts
 
 TASKS = {"seg": 5, "normal": 3, "depth": 1}
-# independent of the implementation: stage planes (× width/64), strides, dilations of §1.1
+# independent of the implementation: stage planes (× width/64), strides, dilations (Deeplab-ResNet)
 STAGES = [(1, 1, 1), (2, 2, 1), (4, 1, 2), (8, 1, 4)]
 
 
@@ -42,7 +42,7 @@ def _bn(x, bn):
 
 
 def reference_backbone(model, x, width, layers=(2, 2, 2, 2)):
-    """Plain Deeplab-ResNet-18 forward written from the spec (no gates, no block methods)."""
+    """Plain Deeplab-ResNet-18 forward from the architecture (no gates, no block methods)."""
     stem = model.stem
     h = F.relu(_bn(F.conv2d(x, stem[0].weight, stride=2, padding=3), stem[1]))
     h = F.max_pool2d(h, 3, 2, 1, ceil_mode=True)
@@ -156,7 +156,7 @@ def meta_models():
     return r18, r34, light
 
 
-def test_parameter_counts_match_the_spec(meta_models):
+def test_parameter_counts_match_the_expected_values(meta_models):
     r18, r34, light = meta_models
     assert (r18.num_blocks, r34.num_blocks) == (8, 16)
     assert param_counts(r18)["backbone"] == 11_176_512
@@ -213,7 +213,7 @@ def _hook_macs(model, x, policy=None):
     return sum(total)
 
 
-def test_analytic_macs_match_hooks_and_the_spec(meta_models):
+def test_analytic_macs_match_hooks_and_the_expected_values(meta_models):
     r18, r34, _ = meta_models
     x = torch.empty(1, 3, 321, 321, device="meta")
     c = costs(r34, 321, 321)

@@ -1,4 +1,4 @@
-"""Procedural multi-task scenes: analytic geometry, determinism across runs and workers (§6.4)."""
+"""Procedural multi-task scenes: analytic geometry, determinism across runs and workers."""
 
 import multiprocessing as mp
 

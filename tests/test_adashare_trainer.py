@@ -1,4 +1,4 @@
-"""Trainer: schedule bookkeeping, exact resume in every phase, test-split isolation (§9.4)."""
+"""Trainer: schedule bookkeeping, exact resume in every phase, test-split isolation."""
 
 import json
 import math

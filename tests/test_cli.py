@@ -1,14 +1,14 @@
 """The `efficientdl` command line: config errors are reported with the key, exit code 2."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from efficientdl.cli import main
+from efficientdl.core.recipes import resolve_recipe
 
-CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "snn" / "demo.yaml")
+CONFIG = str(resolve_recipe("demo", "snn"))
 
 
 @pytest.mark.parametrize(
@@ -27,7 +27,7 @@ def test_train_rejects_bad_overrides(override, message, capsys, tmp_path):
 
 def test_missing_config_file(capsys):
     assert main(["snn", "train", "--config", "configs/snn/nope.yaml"]) == 2
-    assert "nope.yaml does not exist" in capsys.readouterr().err
+    assert "nope.yaml: no such file" in capsys.readouterr().err
 
 
 def test_resume_needs_run_dir(capsys):
@@ -86,7 +86,7 @@ def test_evaluate_and_stats_take_run_dir_and_or_config(tmp_path, capsys, monkeyp
     assert json.loads(capsys.readouterr().out)["accuracy"] == trained
     assert main(["snn", "evaluate", "--run-dir", run, "--config", CONFIG, *small]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == trained
-    fmnist = CONFIG.replace("demo.yaml", "fmnist_cnn.yaml")
+    fmnist = str(resolve_recipe("fmnist_cnn", "snn"))
     assert main(["snn", "evaluate", "--run-dir", run, "--config", fmnist]) == 2
     assert "the recipe is for model 'fmnist_cnn' but" in capsys.readouterr().err
     assert main(["snn", "stats", "--config", CONFIG, "--batches", "1"]) == 0  # as initialised
@@ -97,7 +97,7 @@ def test_evaluate_and_stats_take_run_dir_and_or_config(tmp_path, capsys, monkeyp
 
 def test_snn_bench_times_the_network_of_a_config(tmp_path, capsys):
     out = tmp_path / "speed.json"
-    fmnist_mlp = CONFIG.replace("demo.yaml", "fmnist_mlp.yaml")
+    fmnist_mlp = str(resolve_recipe("fmnist_mlp", "snn"))
     args = ["snn", "bench", "--config", fmnist_mlp, "--set", "batch_size=3", "--set", "T=2"]
     assert main([*args, "--warmup", "0", "--iters", "1", "--neurons", "8", "--out", str(out)]) == 0
     (row,) = json.loads(out.read_text())["networks"]

@@ -1,4 +1,4 @@
-"""The generation driver (spec §3.5, §6.6): generation boundaries, fresh optimizer and LR,
+"""The generation driver: generation boundaries, fresh optimizer and LR,
 history, crash / SIGKILL + resume bit-identical to an uninterrupted run, resume checks."""
 
 import json

@@ -1,4 +1,4 @@
-"""KE masks (spec §2, §6.1-2): golden KELS counts, graph rules on toy nets, WELS, errors."""
+"""KE masks: golden KELS counts, graph rules on toy nets, WELS, errors."""
 
 import math
 
@@ -10,7 +10,7 @@ from torch import nn
 from efficientdl.knowledge_evolution import KEStructureError, forget_from, keep, split
 from efficientdl.models import resnet18, small_cnn
 
-# spec §2.6 (official log): resnet18(num_classes=100), sr = 0.5
+# the official code's log: resnet18(num_classes=100), sr = 0.5
 GOLDEN_05 = {
     "conv1.weight": 4704,
     **{f"layer1.{b}.conv{c}.weight": 9216 for b in (0, 1) for c in (1, 2)},

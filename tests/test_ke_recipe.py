@@ -1,4 +1,4 @@
-"""KE recipe (spec §4, §6.7): schedule, losses, CS-KD sampler, config, digits data, CLI."""
+"""KE recipe: schedule, losses, CS-KD sampler, config, digits data, CLI."""
 
 import gzip
 import json
@@ -73,9 +73,9 @@ def test_per_class_subset_and_shift():
 
 
 def test_every_ke_config_loads():
-    from pathlib import Path
+    from efficientdl.core.recipes import list_recipes, resolve_recipe
 
-    paths = sorted(Path("configs/ke").glob("*.yaml"))
+    paths = [resolve_recipe(name, "ke") for name in list_recipes("ke")]
     assert len(paths) >= 5
     for path in paths:
         load_config(KEConfig, path).validate()
@@ -132,7 +132,7 @@ def test_digits_loader_on_generated_file(tmp_path):
 def test_cli_train_and_resume(tmp_path, capsys):
     root = write_digits(tmp_path / "data")
     run_dir = tmp_path / "run"
-    args = ["ke", "train", "--config", "configs/ke/demo.yaml", "--run-dir", str(run_dir),
+    args = ["ke", "train", "--config", "ke/demo", "--run-dir", str(run_dir),
             "--set", f"data_root={root}", "--set", "per_class=4", "--set", "epochs=2",
             "--set", "width=4", "--set", "generations=2", "--set", "threads=1"]  # fmt: skip
     assert main(args) == 0
@@ -142,15 +142,15 @@ def test_cli_train_and_resume(tmp_path, capsys):
         assert (run_dir / name).exists(), name
     assert "| 2 |" in (run_dir / "report.md").read_text()
     assert main(args) == 2  # an existing run is never silently restarted
-    assert "already holds a KE run; pass --resume" in capsys.readouterr().err
+    assert "already holds a run; continue it with --resume" in capsys.readouterr().err
     resume = args + ["--resume"]
     assert main(resume + ["--set", "generations=3"]) == 0  # extends a finished run
     assert len(json.loads(capsys.readouterr().out)["accuracy"]["dense"]) == 3
-    assert main(resume + ["--set", "split_rate=0.3"]) == 2
-    assert "config key 'split_rate' was 0.5, now 0.3" in capsys.readouterr().err
-    assert main(["ke", "train", "--config", "configs/ke/demo.yaml", "--set", "arm=best"]) == 2
+    assert main(resume + ["--set", "generations=3", "--set", "split_rate=0.3"]) == 2
+    assert "config key 'split_rate' differs: stored 0.5, new 0.3" in capsys.readouterr().err
+    assert main(["ke", "train", "--config", "ke/demo", "--set", "arm=best"]) == 2
     assert "config key 'arm'" in capsys.readouterr().err
-    bench = ["ke", "bench", "--config", "configs/ke/demo.yaml", "--set", "width=4",
+    bench = ["ke", "bench", "--config", "ke/demo", "--set", "width=4",
              "--input-size", "8", "--batch", "1", "2", "--runs", "2"]  # fmt: skip
     assert main(bench) == 0
     out = capsys.readouterr().out

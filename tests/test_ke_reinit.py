@@ -1,4 +1,4 @@
-"""reinitialize / init_weights / masked_copy invariants (spec §1.2, §3.2, §6.3)."""
+"""reinitialize / init_weights / masked_copy invariants."""
 
 import math
 

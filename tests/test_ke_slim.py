@@ -1,4 +1,4 @@
-"""extract_slim equivalence and structure, and cost() counts (spec §3.3, §3.4, §6.4-5)."""
+"""extract_slim equivalence and structure, and cost() counts."""
 
 import copy
 

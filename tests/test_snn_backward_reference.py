@@ -1,4 +1,4 @@
-"""TSSL-BP backward against an independent slow per-element transcription of spec §2.1."""
+"""TSSL-BP backward against an independent slow per-element transcription of its equations."""
 
 import math
 
@@ -12,7 +12,7 @@ P = {"tau_m": 5.0, "tau_s": 3.0, "threshold": 1.0}
 
 
 def slow_forward(I, tau_m, tau_s, threshold):
-    """Scalar loop of §1.1 for one neuron: lists u, du, s, a."""
+    """Scalar loop of the discrete LIF neuron for one neuron: lists u, du, s, a."""
     v, a = 0.0, 0.0
     us, dus, ss, as_ = [], [], [], []
     for x in I:
@@ -39,7 +39,8 @@ def slow_backward(
     max_inv_du=8.0,
     intra_neuron=True,
 ):
-    """Per-element, per-step §2.1 with the direct O(T²) kernel sum for G (no recursion)."""
+    """Per-element, per-step TSSL-BP backward with the direct O(T²) kernel sum for G (no
+    recursion)."""
     T = len(I)
     us, dus, ss, as_ = slow_forward(I, tau_m, tau_s, threshold)
     lam_m, lam_s = 1 - 1 / tau_m, 1 - 1 / tau_s

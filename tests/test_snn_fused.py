@@ -1,4 +1,4 @@
-"""The fused backend against the torch reference (issue 4): forward bit-equal, backward ≤ 1e-6."""
+"""The fused backend against the torch reference: forward bit-equal, backward ≤ 1e-6."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Golden values of spec §7 (G1-G5): computed independently in float64 from the official code."""
+"""Golden values (groups G1-G5 below): computed independently in float64 from the official code."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Spiking layers (spec §7 item 4): folding, pooling, flatten order, dropout, init, clamp."""
+"""Spiking layers: folding, pooling, flatten order, dropout, init, clamp."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Registry sweep and training behaviour of the paper networks (spec §4.3, §7 item 5)."""
+"""Registry sweep and training behaviour of the paper networks."""
 
 import pytest
 import torch
@@ -30,7 +30,7 @@ def _input(name, n=2, T=8):
     return torch.randn(n, *INPUTS[name]) * 4
 
 
-def test_registry_matches_the_spec():
+def test_registry_holds_the_paper_networks():
     assert set(list_models()) == set(PARAMS)
 
 

@@ -1,4 +1,4 @@
-"""Firing statistics and SynOps (spec §4.5, §7 item 6): brute-force SynOps, hand-built rates."""
+"""Firing statistics and SynOps: brute-force SynOps, hand-built rates."""
 
 import json
 

@@ -103,9 +103,13 @@ def _is_main_rank() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def resume_command(argv: list[str]) -> str:
-    """The command line that continues an interrupted run: this one, with `--resume`."""
+def resume_command(argv: list[str], run_dir=None) -> str:
+    """The command line that continues an interrupted run: this one, with `--resume` (and
+    `--run-dir RUN_DIR` when it had none, as when the run went to its default folder)."""
     words = ["efficientdl", *argv]
+    has_run_dir = any(w == "--run-dir" or w.startswith("--run-dir=") for w in argv)
+    if run_dir is not None and not has_run_dir:
+        words += ["--run-dir", str(run_dir)]
     if "--resume" not in words:
         words.append("--resume")
     return shlex.join(words)
@@ -131,7 +135,8 @@ def main(argv=None) -> int:
             raise
         if _is_main_rank():
             if getattr(args, "resumable", False) and getattr(args, "run_dir", None):
-                print(f"interrupted; continue with: {resume_command(argv)}", file=sys.stderr)
+                command = resume_command(argv, run_dir=args.run_dir)
+                print(f"interrupted; continue with: {command}", file=sys.stderr)
             else:
                 print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -1,4 +1,4 @@
-"""Deeplab-ResNet-18/34 (output stride 8) whose blocks can be executed or skipped (§1.1–1.2).
+"""Deeplab-ResNet-18/34 (output stride 8) whose blocks can be executed or skipped.
 
 Every block exposes `shortcut(x)` (r), `residual(x)` (F) and `execute(x)` = ReLU(r + F(x)), so all
 execution paths (soft gates, true skip, the prefix tree, the masked official mode) compose the same
@@ -119,7 +119,7 @@ class GatedBlock(nn.Module):
         return self.relu(self.shortcut(x) + self.residual(x))
 
     def mix(self, x: torch.Tensor, select: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        """Gated output u_sel·ReLU(r + F(x)) + u_skip·r (§1.2); gates are scalars."""
+        """Gated output u_sel·ReLU(r + F(x)) + u_skip·r; gates are scalars."""
         r = self.shortcut(x)
         return select * self.relu(r + self.residual(x)) + skip * r
 
@@ -141,7 +141,7 @@ def init_backbone_(module: nn.Module) -> None:
 @contextmanager
 def shared_bn_momentum(modules, copies: int):
     """While computing `modules` once for `copies` tasks, update BN running stats as if `copies`
-    identical updates happened: momentum m → 1 − (1 − m)^copies (§1.6)."""
+    identical updates happened: momentum m → 1 − (1 − m)^copies."""
     bns = [m for mod in modules for m in mod.modules() if isinstance(m, nn.BatchNorm2d)]
     saved = [bn.momentum for bn in bns]
     if copies > 1:

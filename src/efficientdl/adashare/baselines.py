@@ -1,5 +1,6 @@
-"""Baselines (§3.5) with the re-training recipe, iterations and splits, and the ablations
-(w/o sparsity, w/o sharing, w/o curriculum, REINFORCE search) as child AdaShare runs."""
+"""Baselines (single-task, hard sharing, random policy, stochastic depth) with the re-training
+recipe, iterations and splits, and the ablations (w/o sparsity, w/o sharing, w/o curriculum,
+REINFORCE search) as child AdaShare runs in `baselines/<name>/`."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ from efficientdl.adashare.executor import TreeExecutor
 from efficientdl.adashare.policy import Policy
 from efficientdl.adashare.results import ADASHARE_RESULT, cost_summary, image_size
 from efficientdl.adashare.search import gate_generator
+from efficientdl.core import ConfigError, RunFolderError
 from efficientdl.core.config import apply_overrides, from_dict, to_dict
+from efficientdl.core.log import get_logger
+from efficientdl.core.run import stored_run
+
+log = get_logger("adashare")
 
 
 def survival_probs(num_blocks: int) -> torch.Tensor:
@@ -30,8 +36,9 @@ def random_policy(trainer, tasks, num_blocks: int) -> Policy:
         return Policy(tasks, torch.rand(len(tasks), num_blocks, generator=g) < 0.5)
     path = trainer.run_dir / ADASHARE_RESULT
     if not path.is_file():
-        raise RuntimeError(
-            "random_policy.match_counts needs the AdaShare result: run `select` first"
+        raise RunFolderError(
+            f"random_policy.match_counts needs the AdaShare result {path}: run "
+            "`efficientdl adashare select` in this run folder first"
         )
     counts = Policy.from_dict(json.loads(path.read_text())["policy"]).num_executed()
     execute = torch.zeros(len(tasks), num_blocks, dtype=torch.bool)
@@ -107,18 +114,30 @@ def _ablation(trainer, name: str, folder) -> dict:
     child = AdaShareTrainer(
         from_dict(AdaShareConfig, data), run_dir=folder, datasets=(trainer.splits, trainer.spec)
     )
+    trainer.begin()  # the parent run is recorded before its child trains
+    child.guard, child.scalars = trainer.guard, trainer.scalars
+    child.tb_prefix = f"{trainer.tb_prefix}baselines/{name}/"
     return child.select()
 
 
 def run_baseline(trainer, name: str) -> dict:
     """Train, validate and test baseline `name`; results in baselines/<name>/result.json."""
     if name not in BASELINES and name not in ABLATIONS:
-        raise ValueError(
+        raise ConfigError(
             f"unknown baseline {name!r}; expected one of {list(BASELINES) + list(ABLATIONS)}"
         )
     folder = trainer.run_dir / "baselines" / name
     done = loops.read_result(folder)
     if done is not None and "test" in done:
+        child = stored_run(folder) if name in ABLATIONS else None
+        searched = child["config"]["train"]["total_iters"] if child else None
+        if searched is not None and searched < trainer.cfg.train.total_iters:
+            raise RunFolderError(
+                f"train.total_iters={trainer.cfg.train.total_iters}: the {name} ablation in "
+                f"{folder} finished with {searched} search iterations; keep "
+                f"total_iters={searched} or start a new run"
+            )
+        log.info("baseline %s: done (%s), skipped", name, folder / loops.RESULT)
         return done
     folder.mkdir(parents=True, exist_ok=True)
     if name in ABLATIONS:

@@ -1,12 +1,13 @@
-"""AdaShare speed, side by side in one run (issue 6, spec §8).
+"""AdaShare speed, side by side in one run.
 
 NYUv2 3-task setting (Deeplab-ResNet-34, ASPP heads; seg 40, normal 3, depth 1; `torch.rand`
 inputs, random targets): policy-search training step (soft Gumbel gates on all 16 blocks, fwd + bwd
 to weights and logits, SGD + Adam steps) of our fast path and of `exec_mode='official'` (NCHW fp32
-like the official code), hard-sharing step, inference of the 3 tasks under the spec's benchmark
-policy through the `TreeExecutor`, through the official masked mode and per task, hard-sharing
-inference and the backbone alone; then the executor time as more blocks are skipped. Variants are
-timed round-robin in one process (ratios stay fair under load from other processes).
+like the official code), hard-sharing step, inference of the 3 tasks under the benchmark policy
+`BENCH_POLICY` through the `TreeExecutor`, through the official masked mode and per task,
+hard-sharing inference and the backbone alone; then the executor time as more blocks are
+skipped. Variants are timed round-robin in one process (ratios stay fair under load from other
+processes).
 
     python benchmarks/adashare_speed.py                       # CPU: 2 threads, batch 2, 193²
     python benchmarks/adashare_speed.py --device cuda         # batch 16, 321²
@@ -36,11 +37,12 @@ from efficientdl.adashare.losses import (
 )
 from efficientdl.adashare.model import AdaShareNet
 from efficientdl.adashare.policy import Policy
+from efficientdl.core.errors import ConfigError, RunFolderError
 
 TASKS = {"seg": 40, "normal": 3, "depth": 1}
-# §8 benchmark policy (seg, normal, depth): 8, 9, 7 executed; seg and normal share 5 blocks
+# The benchmark policy (seg, normal, depth): 8, 9, 7 executed; seg and normal share 5 blocks
 BENCH_POLICY = ("0101110011001100", "0101111001001011", "1110011000001001")
-OFFICIAL_ANCHORS_MS = {  # issue 6: official code, (H100 B=16 321², CPU 2 cores B=2 193²)
+OFFICIAL_ANCHORS_MS = {  # the official code's times, (H100 B=16 321², CPU 2 cores B=2 193²)
     "search_step": (203.0, 5166.0),
     "hard_step": (125.8, 3265.0),
     "policy_inference": (66.2, 1275.0),
@@ -48,16 +50,21 @@ OFFICIAL_ANCHORS_MS = {  # issue 6: official code, (H100 B=16 321², CPU 2 cores
     "backbone": (9.0, 255.0),
 }
 OFFICIAL_SEARCH_PEAK_GB = 14.9
-# §8 protocol: 3 warm-ups, median of 15; on the CPU a search step takes ~30 s, so fewer rounds
+# Timing protocol: 3 warm-ups, median of 15; on the CPU a search step takes ~30 s, so fewer rounds
 PROTOCOL_GPU = {"warmup": 3, "train_warmup": 3, "iters": 15, "train_iters": 15}
 PROTOCOL_CPU = {"warmup": 1, "train_warmup": 1, "iters": 5, "train_iters": 3}
+
+
+class NoSelectedPolicy(RunFolderError, FileNotFoundError):
+    """`--run-dir` names a folder without a selected AdaShare policy (a user error on the CLI,
+    and the FileNotFoundError that earlier versions raised)."""
 
 
 def policy_from_strings(tasks, rows) -> Policy:
     """A hard `Policy` from one '0'/'1' string per task ('1' = execute)."""
     for row in rows:
         if set(row) - {"0", "1"}:
-            raise ValueError(f"policy rows must be strings of 0/1, got {row!r}")
+            raise ConfigError(f"--policy rows must be strings of 0/1, got {row!r}")
     return Policy(tuple(tasks), torch.tensor([[c == "1" for c in r] for r in rows]))
 
 
@@ -211,10 +218,10 @@ def learned_policy(run_dir, num_blocks: int) -> Policy:
     over this benchmark's tasks and `num_blocks` blocks."""
     path = Path(run_dir) / "adashare_result.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist (no selected AdaShare policy in {run_dir})")
+        raise NoSelectedPolicy(f"{path} does not exist (no selected AdaShare policy in {run_dir})")
     policy = Policy.from_dict(json.loads(path.read_text())["policy"])
     if policy.tasks != tuple(TASKS) or policy.execute.shape[1] != num_blocks:
-        raise ValueError(
+        raise RunFolderError(
             f"the policy in {path} is over tasks {policy.tasks} and "
             f"{policy.execute.shape[1]} blocks; this benchmark needs {tuple(TASKS)} and "
             f"{num_blocks} blocks"
@@ -224,7 +231,7 @@ def learned_policy(run_dir, num_blocks: int) -> Policy:
 
 def worst_policy(num_tasks: int, num_blocks: int) -> Policy:
     """All blocks executed except block k for task k: the tasks diverge at blocks 0…K−2, so the tree
-    holds almost K full backbones (the worst case of §8)."""
+    holds almost K full backbones (the executor's worst case)."""
     execute = torch.ones(num_tasks, num_blocks, dtype=torch.bool)
     execute[torch.arange(num_tasks), torch.arange(num_tasks)] = False
     return Policy(tuple(TASKS), execute)
@@ -242,7 +249,7 @@ def sweep_policies(num_tasks: int, num_blocks: int, skips, seed: int = 0) -> dic
 
 
 def _targets(res: dict, device, precision: str = "fp32") -> list[dict]:
-    """Each target of issue 6 (and spec §8) for this device with its number and met/missed."""
+    """Each speed target for this device with its number and met/missed."""
     main = res["main"]
     ms = {k: v["ms"] for k, v in main.items()}
     sweep = [res["sweep"][k]["ms"] for k in sorted(res["sweep"], key=int)]
@@ -252,7 +259,7 @@ def _targets(res: dict, device, precision: str = "fp32") -> list[dict]:
     def add(name, value, ok):
         out.append({"target": name, "value": value, "met": bool(ok)})
 
-    bound = 1.05 if device.type == "cpu" else 1.0  # issue 6: CPU ≤ 1.05×, GPU no slower
+    bound = 1.05 if device.type == "cpu" else 1.0  # targets: CPU ≤ 1.05×, GPU no slower
     for key, what in (("tree_inference", "benchmark"), ("tree_inference_learned", "learned")):
         if key in ms:
             add(f"tree inference ({what} policy) / hard-sharing inference <= {bound}",
@@ -276,7 +283,7 @@ def _targets(res: dict, device, precision: str = "fp32") -> list[dict]:
         peak / 1024,
         peak / 1024 < OFFICIAL_SEARCH_PEAK_GB and peak < main["search_step_official"]["peak_mb"],
     )
-    speedup = 1.6 if precision == "bf16" else 1.2  # spec §8 target 2 (bf16 / fp32 channels_last)
+    speedup = 1.6 if precision == "bf16" else 1.2  # speed-up target (bf16 / fp32 channels_last)
     add(f"official-mode search step / ours >= {speedup} ({precision})", s_off / s_ours,
         s_off >= speedup * s_ours)  # fmt: skip
     tree_peak = main["tree_inference"]["peak_mb"]
@@ -296,7 +303,7 @@ def run(args) -> dict:
         else args.device
     )
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda requested but CUDA is not available")
+        raise ConfigError("--device cuda requested but CUDA is not available")
     gpu = device.type == "cuda"
     args.batch = args.batch or (16 if gpu else 2)
     args.size = args.size or (321 if gpu else 193)
@@ -485,7 +492,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs=3,
         default=list(BENCH_POLICY),
         metavar="BITS",
-        help="seg, normal, depth rows of 0/1 (default: the §8 benchmark policy)",
+        help="seg, normal, depth rows of 0/1 (default: the benchmark policy BENCH_POLICY)",
     )
     parser.add_argument("--width", type=int, default=64, help="stage-1 channels (64 = paper)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))

@@ -1,8 +1,12 @@
 """`efficientdl adashare pipeline|warmup|search|sample|retrain|select|evaluate|baseline|visualize`.
 
-The config comes from `--config`, else from the run folder's saved `config.yaml` (so a killed run
-continues with `--run-dir DIR` alone), else the built-in procedural demo; `--set key=value`
-overrides any field (dotted keys for the groups, e.g. `--set train.total_iters=500`).
+Every phase that trains or writes results is a train command of the run protocol
+(`efficientdl.core.run`): into a folder that already holds a run it needs `--resume`, so the
+phases one by one in one folder are `adashare warmup --run-dir R`, then
+`adashare search --run-dir R --resume`, and so on. The config comes from `--config` (a packaged
+recipe name or a YAML file), else, with `--resume`, from the run folder's `config.json`, else the
+built-in procedural demo; `--set key=value` overrides any field (dotted keys for the groups, e.g.
+`--set train.total_iters=500`). `evaluate` and `visualize` only read an existing run.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import json
 from pathlib import Path
 
 from efficientdl.core.config import add_config_args
+from efficientdl.core.errors import ConfigError, RunFolderError
+from efficientdl.core.run import add_run_args
 
 ACTIONS = {
     "pipeline": "everything: baselines, search, sampling, re-training, selection, results",
@@ -19,10 +25,11 @@ ACTIONS = {
     "sample": "draw the final policies from the searched logits",
     "retrain": "re-train sampled policies from scratch",
     "select": "pick the sample by validation score and test it",
-    "evaluate": "metrics of the selected model on a split",
+    "evaluate": "metrics of the selected model on a split (reads a run)",
     "baseline": "train and test one baseline or ablation",
-    "visualize": "draw policy pictures of a run",
+    "visualize": "draw policy pictures of a run (reads a run)",
 }
+READ_ONLY = ("evaluate", "visualize")
 
 
 def register(sub) -> None:
@@ -31,8 +38,14 @@ def register(sub) -> None:
     actions = ada.add_subparsers(dest="action", required=True)
     for name, text in ACTIONS.items():
         p = actions.add_parser(name, help=text)
-        add_config_args(p, example="configs/adashare/procedural_3task.yaml", required=False)
-        p.add_argument("--run-dir", default=None, help="run folder (continued when it exists)")
+        if name != "visualize":
+            add_config_args(
+                p, method="adashare", example="adashare/procedural_3task", required=False
+            )
+        if name in READ_ONLY:
+            p.add_argument("--run-dir", default=None, help="the folder of an AdaShare run")
+        else:
+            add_run_args(p, example_dir="runs/adashare/NAME-DATE-TIME")
         if name == "retrain":
             p.add_argument("--sample", type=int, default=None, help="only this sample index")
         if name == "evaluate":
@@ -46,7 +59,7 @@ def register(sub) -> None:
             )
         p.set_defaults(func=_run)
     bench = actions.add_parser(
-        "bench", help="training-step and inference speed vs exec_mode='official' (issue 6)"
+        "bench", help="training-step and inference speed vs exec_mode='official'"
     )
     from efficientdl.adashare.bench import add_arguments
 
@@ -61,49 +74,140 @@ def _bench(args) -> int:
     return 0
 
 
-def load(config_path, overrides, run_dir):
-    """The AdaShareConfig of a command (see the module docstring for the precedence)."""
+def load(args, *, stored: dict | None = None):
+    """The AdaShareConfig of a command: `--config` (+ `--set`), else the `stored` config of the
+    run it continues or reads (+ `--set`), else the built-in procedural demo (+ `--set`)."""
     from efficientdl.adashare.config import DEMO, AdaShareConfig
-    from efficientdl.core.config import apply_overrides, from_dict, load_config
+    from efficientdl.core.config import config_from_args
 
-    if config_path is not None:
-        return load_config(AdaShareConfig, config_path, overrides).validate()
-    saved = Path(run_dir) / "config.yaml" if run_dir else None
-    if saved is not None and saved.is_file():
-        return load_config(AdaShareConfig, saved, overrides).validate()
-    return from_dict(AdaShareConfig, apply_overrides(DEMO, overrides)).validate()
+    return config_from_args(
+        AdaShareConfig, args, stored=DEMO if stored is None else stored
+    ).validate()
+
+
+def existing_run(args) -> dict:
+    """The stored record of the AdaShare run that `evaluate`/`visualize` read (RunFolderError
+    when `--run-dir` is missing or holds no AdaShare run)."""
+    from efficientdl.core.run import stored_run
+
+    what = "the policies/ pictures" if args.action == "visualize" else "the selected model"
+    if args.run_dir is None:
+        raise RunFolderError(
+            f"{args.action} needs --run-dir: the AdaShare run whose {what} it reads"
+        )
+    path = Path(args.run_dir)
+    if not path.is_dir():
+        raise RunFolderError(
+            f"--run-dir {path} is not a run folder; {args.action} reads {what} of an existing run"
+        )
+    record = stored_run(path)
+    if record is None:
+        raise RunFolderError(
+            f"{path} holds no AdaShare run (no config.json); {args.action} reads {what} of a run"
+        )
+    if record["method"] != "adashare":
+        raise RunFolderError(f"{path} holds a {record['method']} run, not an AdaShare run")
+    return record
+
+
+def _visualize(args) -> int:
+    from efficientdl.adashare.policy import Policy
+    from efficientdl.adashare.viz import plot_policy
+
+    existing_run(args)
+    paths = sorted((Path(args.run_dir) / "policies").glob("policy_*.json"))
+    if not paths:
+        raise RunFolderError(
+            f"no policies/policy_*.json in {args.run_dir}: run `efficientdl adashare sample "
+            f"--run-dir {args.run_dir} --resume` first"
+        )
+    for path in paths:
+        print(plot_policy(Policy.from_json(path), path.with_suffix(".png"), title=path.stem))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from efficientdl.adashare.trainer import FREE, AdaShareTrainer
+    from efficientdl.core.config import to_dict
+    from efficientdl.core.run import config_differences
+
+    record = existing_run(args)
+    cfg = load(args, stored=record["config"])
+    problems = config_differences(record["config"], to_dict(cfg), free=FREE)
+    if problems:
+        raise ConfigError(
+            f"evaluate reads the run in {args.run_dir} with its stored config: {problems[0]}"
+        )
+    trainer = AdaShareTrainer(cfg, run_dir=args.run_dir)
+    out = trainer.evaluate(args.split)
+    if trainer.ctx.is_main:
+        print(f"run folder: {trainer.run_dir}")
+        print(json.dumps(out, indent=1, default=str)[:20000])
+    return 0
 
 
 def _run(args) -> int:
-    from efficientdl.adashare.policy import Policy
-    from efficientdl.adashare.trainer import AdaShareTrainer
-    from efficientdl.adashare.viz import plot_policy
-
     if args.action == "visualize":
-        if args.run_dir is None:
-            raise ValueError("visualize needs --run-dir (a folder with policies/)")
-        paths = sorted((Path(args.run_dir) / "policies").glob("policy_*.json"))
-        if not paths:
-            raise FileNotFoundError(f"no policies/policy_*.json in {args.run_dir}")
-        for path in paths:
-            print(plot_policy(Policy.from_json(path), path.with_suffix(".png"), title=path.stem))
-        return 0
-    trainer = AdaShareTrainer(load(args.config, args.overrides, args.run_dir), run_dir=args.run_dir)
-    print(f"run folder: {trainer.run_dir}")
+        return _visualize(args)
+    if args.action == "evaluate":
+        return _evaluate(args)
+    from efficientdl.adashare.config import ABLATIONS, BASELINES
+    from efficientdl.adashare.trainer import AdaShareTrainer
+    from efficientdl.core.run import stored_run
+
+    if args.resume and args.run_dir is None:
+        raise RunFolderError("--resume needs --run-dir: the folder of the run to continue")
+    if args.action == "baseline" and args.name not in (*BASELINES, *ABLATIONS):
+        raise ConfigError(
+            f"--name {args.name}: unknown baseline; expected one of {[*BASELINES, *ABLATIONS]}"
+        )
+    stored = None
+    if args.resume and args.config is None and Path(args.run_dir).is_dir():
+        record = stored_run(args.run_dir)
+        stored = record["config"] if record is not None else None
+    cfg = load(args, stored=stored)
+    num = cfg.sample.num
+    if args.action == "retrain" and args.sample is not None and not 0 <= args.sample < num:
+        raise ConfigError(f"--sample must be in 0..{num - 1} (sample.num={num}), got {args.sample}")
+    try:
+        trainer = AdaShareTrainer(
+            cfg,
+            run_dir=args.run_dir,
+            resume=args.resume,
+            tensorboard=args.tensorboard,
+        )
+    except BaseException:
+        args.resumable = args.resume  # a fresh start that failed here left nothing to resume
+        raise
+    args.run_dir = str(trainer.run_dir)  # the default folder too: Ctrl-C names it
+    main = trainer.ctx.is_main
+    if main:
+        print(f"run folder: {trainer.run_dir}", flush=True)
+    try:
+        out = _phase(trainer, args)
+    except BaseException:
+        if not trainer.run.started and not trainer.run.resume:
+            args.resumable = False  # nothing to resume: the run never reached its first step
+            trainer.run.abandon()
+        raise
+    finally:
+        trainer.close()
+    if args.action != "pipeline":
+        trainer.write_summary(args.action, out)
+    if main:
+        print(json.dumps(out, indent=1, default=str)[:20000])
+    return 0
+
+
+def _phase(trainer, args):
+    """Run the phase `args.action` of a train command; its JSON-ready result."""
     if args.action == "retrain" and args.sample is not None:
         policies = trainer.sample()
-        if not 0 <= args.sample < len(policies):
-            raise ValueError(f"--sample must be in 0..{len(policies) - 1}, got {args.sample}")
-        out = trainer.retrain(policies[args.sample], args.sample)
-    elif args.action == "retrain":
-        out = trainer.retrain_all()
-    elif args.action == "sample":
-        out = [p.to_dict() for p in trainer.sample()]
-    elif args.action == "evaluate":
-        out = trainer.evaluate(args.split)
-    elif args.action == "baseline":
-        out = trainer.run_baseline(args.name)
-    else:
-        out = getattr(trainer, args.action)()
-    print(json.dumps(out, indent=1, default=str)[:20000])
-    return 0
+        return trainer.retrain(policies[args.sample], args.sample)
+    if args.action == "retrain":
+        return trainer.retrain_all()
+    if args.action == "sample":
+        return [p.to_dict() for p in trainer.sample()]
+    if args.action == "baseline":
+        return trainer.run_baseline(args.name)
+    return getattr(trainer, args.action)()

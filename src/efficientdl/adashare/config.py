@@ -1,4 +1,4 @@
-"""The AdaShare experiment config (§5.5): nested dataclasses from YAML + `--set` overrides."""
+"""The AdaShare experiment config: nested dataclasses from YAML + `--set` overrides."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """Warm-up and policy search (§3.1). `weight_iters`/`policy_iters` None = one epoch of the
+    """Warm-up and policy search. `weight_iters`/`policy_iters` None = one epoch of the
     half; `total_iters` counts warm-up, weight and policy iterations together."""
 
     batch_size: int = 16
@@ -101,7 +101,7 @@ class RetrainConfig:
 
 @dataclass
 class RandomPolicyConfig:
-    """The `random_policy` baseline (§3.5): `match_counts` keeps each task's number of executed
+    """The `random_policy` baseline: `match_counts` keeps each task's number of executed
     blocks of the selected AdaShare policy, at uniformly random positions."""
 
     match_counts: bool = False
@@ -186,7 +186,7 @@ class AdaShareConfig:
 
 
 # The built-in procedural demo (`efficientdl adashare pipeline` without --config); mirrored by
-# configs/adashare/procedural_demo.yaml.
+# the packaged recipe `adashare/procedural_demo` (configs/adashare/procedural_demo.yaml).
 DEMO: dict = {
     "name": "procedural_demo",
     "seed": 88,

@@ -1,4 +1,4 @@
-"""Analytic parameter and FLOP counts (§4.3): trainable parameters, conv + linear MACs per image."""
+"""Analytic parameter and FLOP counts: trainable parameters, conv + linear MACs per image."""
 
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ def _block_params(block, execute: bool) -> int:
 
 
 def param_counts(model, policy: Policy | None = None) -> dict:
-    """Trainable parameters (BN buffers and policy logits excluded, §4.3).
+    """Trainable parameters (BN buffers and policy logits excluded).
 
     Returns total (backbone + heads), backbone, heads, per-task effective (stem + executed blocks +
     projections of skipped stage-first blocks + its head), the union used by at least one task,

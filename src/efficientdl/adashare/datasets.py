@@ -1,4 +1,4 @@
-"""Datasets, splits (§6) and the task specification used by the trainer."""
+"""Datasets, splits and the task specification used by the trainer."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from efficientdl.adashare.metrics import DELTA_METRICS
+from efficientdl.core.errors import ConfigError
 from efficientdl.data.multitask import Memoized, Subset, augment, halves, split_off
 
 PRESETS = {
@@ -36,7 +37,7 @@ class TaskSpec:
         return {t: table[t] for t in self.tasks}
 
     def subset(self, tasks) -> TaskSpec:
-        """The spec restricted to `tasks` (single-task baselines)."""
+        """The task specification restricted to `tasks` (single-task baselines)."""
         tasks = tuple(tasks)
         pick = lambda d: {t: d[t] for t in tasks}  # noqa: E731
         return TaskSpec(
@@ -101,7 +102,7 @@ def _base_splits(cfg) -> dict:
 
 
 def build_data(cfg) -> tuple[dict, TaskSpec]:
-    """Splits train (minus val), train1, train2, val, test, and the TaskSpec (§6 'Splits')."""
+    """Splits train (minus val), train1, train2, val, test, and the TaskSpec."""
     d = cfg.data
     base = _base_splits(cfg)
     train = base["train"]
@@ -109,8 +110,9 @@ def build_data(cfg) -> tuple[dict, TaskSpec]:
         base = {k: Memoized(v) for k, v in base.items()}
     unknown = [t for t in d.tasks if t not in train.task_channels]
     if unknown:
-        raise ValueError(
-            f"data.tasks: {unknown} not available in {d.dataset}; known {list(train.task_channels)}"
+        raise ConfigError(
+            f"config key 'data.tasks': {unknown} not available in {d.dataset}; "
+            f"known {list(train.task_channels)}"
         )
     if "val" in base:
         rest, val = np.arange(len(base["train"])), None

@@ -1,5 +1,5 @@
-"""Per-batch losses, evaluation over a split, the selection score (§2.1, §3.1, §4) and the DDP
-steps of the trainer (§5.5): batch shards, gradient averaging, rank 0's BN statistics and results.
+"""Per-batch losses, evaluation over a split, the selection score and the DDP
+steps of the trainer: batch shards, gradient averaging, rank 0's BN statistics and results.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from efficientdl.data.multitask import batches
 
 
 def task_loss(kind: str, pred: torch.Tensor, batch: dict, task: str, spec: TaskSpec):
-    """The loss of one task on one batch (§2.1)."""
+    """The loss of one task on one batch."""
     target = batch[task]
     mask = batch.get(f"{task}_mask")
     if kind in ("seg", "seg_weighted", "cls"):
@@ -49,7 +49,7 @@ def weighted_loss(outputs: dict, batch: dict, spec: TaskSpec) -> tuple[torch.Ten
 def make_meter(
     kind: str, channels: int, class_weight=None, upsample: str = "nearest", preset: str = ""
 ):
-    """The meter of a task kind (Taskonomy depth: validity from its explicit mask alone, §2.1)."""
+    """The meter of a task kind (Taskonomy depth: validity from its explicit mask alone)."""
     if kind == "seg":
         return SegmentationMeter(channels, upsample=upsample)
     if kind == "seg_weighted":
@@ -178,7 +178,7 @@ def evaluate(
 
 
 def selection_score(results: dict, reference: dict, spec: TaskSpec) -> float:
-    """Δ_T of `results` against `reference` (the selection score, §3.1).
+    """Δ_T of `results` against `reference` (the selection score).
 
     Metrics whose reference value is 0 (possible for an early, untrained reference) are left out
     of the score instead of making it undefined.

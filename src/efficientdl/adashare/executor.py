@@ -1,4 +1,4 @@
-"""`TreeExecutor` (§5.4): inference for a fixed hard policy, computing each distinct prefix once,
+"""`TreeExecutor`: inference for a fixed hard policy, computing each distinct prefix once,
 and per-task networks holding only the blocks a task executes (for TorchScript / `torch.export`)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Task heads (§1.3): DeepLab-v2 ASPP [code], a light conv head and a linear classifier (ours)."""
+"""Task heads: DeepLab-v2 ASPP [code], a light conv head and a linear classifier (ours)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
-"""Resumable training of a fixed architecture: warm-up, re-training and baselines (§3.1, §3.4).
+"""Resumable training of a fixed architecture: warm-up, re-training and baselines.
 
 Adam(β = (0.5, 0.999), coupled L2 weight decay) with heads at `lr` and the backbone at
 `backbone_lr`, StepLR stepped every iteration; batches from the full training split; validation
 every `val_freq` iterations; `best.pt` by the selection score; atomic checkpoints with all RNG
 states so a killed run continues bit-exactly. Under DDP each rank trains on its shard of every
-global batch with averaged gradients (`engine.synchronise`); rank 0 writes the files.
+global batch with averaged gradients (`engine.synchronise`); rank 0 writes the files. Every
+iteration's loss goes through the run's divergence guard before any checkpoint is written.
 """
 
 from __future__ import annotations
@@ -24,13 +25,28 @@ from efficientdl.adashare.engine import (
     to_device,
     weighted_loss,
 )
-from efficientdl.core import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from efficientdl.core import (
+    DivergenceError,
+    LossGuard,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from efficientdl.core.log import get_logger
+from efficientdl.core.run import write_json_atomic
 
 CHECKPOINT, BEST, RESULT = "checkpoint.pt", "best.pt", "result.json"
+log = get_logger("adashare")
+
+
+class LossDiverged(DivergenceError, RuntimeError):
+    """An AdaShare training loss that is not finite or exploded; a `DivergenceError` (one line
+    on the CLI) that is also the RuntimeError this check raised in earlier versions."""
 
 
 def adam_with_step_lr(model, train_cfg):
-    """The warm-up / re-training optimiser and its per-iteration StepLR (§3.1)."""
+    """The warm-up / re-training optimiser and its per-iteration StepLR."""
     groups = model.parameter_groups()
     optimizer = torch.optim.Adam(
         [
@@ -46,15 +62,26 @@ def adam_with_step_lr(model, train_cfg):
     return optimizer, scheduler
 
 
-def check_finite(loss: torch.Tensor, phase: str, iteration: int, ctx) -> float:
-    """The loss averaged over the ranks, as a float; RuntimeError naming the iteration (on every
-    rank at once) if it is NaN or inf."""
+def check_finite(
+    loss: torch.Tensor, phase: str, iteration: int, ctx, guard: LossGuard | None = None
+) -> float:
+    """The loss averaged over the ranks, as a float, checked by `guard` (the run's
+    `core.divergence.LossGuard`); `LossDiverged` naming the phase, iteration and value (on every
+    rank at once) if it is NaN, inf, or grew far above the session's first loss."""
     value = global_mean(loss, ctx)
-    if not math.isfinite(value):
-        raise RuntimeError(
-            f"{phase}: loss became {value} at iteration {iteration}; the last good checkpoint "
-            "is kept (lower the learning rate or check the inputs)"
+    guard = guard if guard is not None else LossGuard("adashare")
+    try:
+        guard.check(value, phase=phase, iteration=iteration)
+    except DivergenceError:
+        why = (
+            "not finite"
+            if not math.isfinite(value)
+            else f"above {guard.growth:g}× the first loss of this session"
         )
+        raise LossDiverged(
+            f"adashare {phase}: loss became {value:.6g} at iteration {iteration} ({why}); the "
+            "last good checkpoint is kept — lower the learning rate or check the inputs"
+        ) from None
     return value
 
 
@@ -65,11 +92,8 @@ def read_result(folder: Path) -> dict | None:
 
 
 def write_json(path: Path, data) -> None:
-    """Write `data` as JSON through a temporary file (call it on rank 0 only)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+    """Write `data` as JSON through a temporary file and a rename (call it on rank 0 only)."""
+    write_json_atomic(path, data)
 
 
 def train_fixed(
@@ -92,6 +116,7 @@ def train_fixed(
     folder = Path(folder)
     done = read_result(folder)
     if done is not None:
+        log.info("%s: done (%s), skipped", phase, folder / RESULT)
         return done
     cfg = trainer.cfg
     optimizer, scheduler = adam_with_step_lr(model, cfg.train)
@@ -114,6 +139,10 @@ def train_fixed(
         state = saved["state"]
         set_rng_state(saved["rng"])
         trainer.logger.truncate(state["history_len"])
+        log.info("%s: resuming at iteration %d of %d (%s)", phase, state["it"], iters, ckpt)
+    trainer.begin()
+    inside = folder.is_relative_to(trainer.run_dir)
+    tb_prefix = str(folder.relative_to(trainer.run_dir)) if inside else phase
 
     def save():
         trainer.on_main(
@@ -143,18 +172,19 @@ def train_fixed(
         with trainer.autocast():
             outputs = train_forward(batch["image"], it)
         loss, parts = weighted_loss(outputs, batch, spec)
-        value = check_finite(loss, phase, it + 1, trainer.ctx)
+        value = check_finite(loss, phase, it + 1, trainer.ctx, trainer.guard)
         loss.backward()
         synchronise(model, trainer.ctx)
         optimizer.step()
+        heads, backbone = optimizer.param_groups
+        lrs = {"lr": heads["lr"], "backbone_lr": backbone["lr"]}
         trainer.emit(
             {
                 "phase": phase,
                 "iter": it + 1,
                 "half": "train",
                 "optimizer": "Adam",
-                "lr": optimizer.param_groups[0]["lr"],
-                "backbone_lr": optimizer.param_groups[1]["lr"],
+                **lrs,
                 "loss": value,
             }
         )
@@ -169,6 +199,11 @@ def train_fixed(
             record = {"phase": phase, "iter": state["it"], "train_loss": value, "val_score": score}
             record |= {f"val_{t}_{m}": v for t, ms in val.items() for m, v in ms.items()}
             trainer.logger.log(record)
+            trainer.log_scalars(
+                state["it"],
+                {"train_loss": value, "val_score": score, **lrs, "val": val},
+                tb_prefix,
+            )
             if keep_best and score > state["best_score"]:
                 state["best_score"], state["best_val"] = score, val
                 trainer.on_main(

@@ -1,4 +1,4 @@
-"""Task losses (§2.1) at the prediction resolution and the policy regularisers (§2.2)."""
+"""Task losses at the prediction resolution and the policy regularisers."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def sparsity_loss(
     variant: str = "official",
     depth_weighted: bool = False,
 ) -> torch.Tensor:
-    """L_sp over the n unlocked (last) blocks (§2.2).
+    """L_sp over the n unlocked (last) blocks.
 
     official: Σ_k (1/n) Σ_l −log softmax(a_kl)[skip]; `depth_weighted`: Σ_k (2/n) Σ_l ((l+1)/L)·(…)
     (what the official code uses when the sharing loss is off). paper: Σ_k Σ_l log α_kl (Eq. 4).
@@ -121,7 +121,7 @@ def sparsity_loss(
 def sharing_loss(
     logits: torch.Tensor, *, variant: str = "official", block_weights: str = "depth"
 ) -> torch.Tensor:
-    """L_sh over all L blocks and task pairs i < j (§2.2, Eq. 5).
+    """L_sh over all L blocks and task pairs i < j (Eq. 5).
 
     official: Σ ((l+1)/L)·|a_i,l,0 − a_j,l,0| on raw select-logits;
     paper: Σ ((L−l)/L)·|α_i,l − α_j,l| on probabilities.

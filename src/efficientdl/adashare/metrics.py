@@ -1,4 +1,4 @@
-"""Task metrics (§4.1) aggregated independently of the batch size, and Δ_T (§4.2).
+"""Task metrics aggregated independently of the batch size, and Δ_T.
 
 Predictions are upsampled to the target size (`nearest` [code] or `bilinear`). Percentages are
 reported in % (mIoU, pixel accuracy, within-angle, δ, accuracy), errors in target units.
@@ -182,7 +182,7 @@ class DepthMeter(_PerImage):
     """abs_err, rel_err, sq_rel per image then averaged; pooled rmse and δ1..3 (p ≤ 0 fails).
 
     Valid pixels: the mask and target > 0 (NYUv2, CityScapes: 0 = invalid). With
-    `explicit_mask=True` (Taskonomy, §2.1) the mask alone, so a valid target of 0 counts in
+    `explicit_mask=True` (Taskonomy) the mask alone, so a valid target of 0 counts in
     abs_err and rmse; rel_err, sq_rel and δ, undefined there, use the valid pixels with t > 0.
     """
 
@@ -279,7 +279,7 @@ class AccuracyMeter:
 
 
 def delta_t(results: dict, single_task_results: dict, higher_is_better: dict) -> dict:
-    """Δ_T (§4.2): per task, the mean over its metrics of (−1)^l (M − M_ST)/M_ST × 100 (l = 1 when
+    """Δ_T: per task, the mean over its metrics of (−1)^l (M − M_ST)/M_ST × 100 (l = 1 when
     lower is better); Δ_T = mean over tasks. Only metrics named in `higher_is_better` are used."""
     per_task = {}
     for task, metrics in higher_is_better.items():

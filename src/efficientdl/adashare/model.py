@@ -1,4 +1,4 @@
-"""`AdaShareNet`: a gated Deeplab-ResNet, per-task policy logits and task heads (§1, §5.1)."""
+"""`AdaShareNet`: a gated Deeplab-ResNet, per-task policy logits and task heads."""
 
 from __future__ import annotations
 

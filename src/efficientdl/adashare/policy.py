@@ -1,4 +1,4 @@
-"""Select-or-skip policies (§1.4): hard `Policy`, Gumbel-softmax gates, curriculum padding."""
+"""Select-or-skip policies: hard `Policy`, Gumbel-softmax gates, curriculum padding."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def gumbel_softmax_gates(
     hard: bool = False,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """u = softmax((a + g)/τ) over the last axis, g ~ Gumbel(0, 1) i.i.d. (§1.4).
+    """u = softmax((a + g)/τ) over the last axis, g ~ Gumbel(0, 1) i.i.d..
 
     The noise is drawn on the generator's device (CPU by default) so seeded draws are identical on
     every device and DDP rank. `hard=True`: straight-through one-hot forward, soft gradient.

@@ -1,4 +1,4 @@
-"""Final selection and testing of AdaShare samples, and the results table of a run (§3.3, §4)."""
+"""Final selection and testing of AdaShare samples, and the results table of a run."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from efficientdl.adashare.metrics import delta_t
 from efficientdl.adashare.policy import Policy
 from efficientdl.adashare.viz import plot_policy
 from efficientdl.core import load_checkpoint
+from efficientdl.core.log import get_logger
 
 ADASHARE_RESULT = "adashare_result.json"
+log = get_logger("adashare")
 RUN_METRICS = ("delta_t", "params", "backbone_units", "gflops_shared", "gflops_per_task_sum")
 
 
@@ -63,6 +65,7 @@ def finish_adashare(trainer, results: list[dict]) -> dict:
     """Select the sample with the best validation Δ_T, test all samples, write the summary."""
     out = trainer.run_dir / ADASHARE_RESULT
     if out.is_file():
+        log.info("select: done (%s), skipped", out)
         return json.loads(out.read_text())
     reference = trainer.reference() or results[0]["val"]
     scores = [selection_score(r["val"], reference, trainer.spec) for r in results]

@@ -1,5 +1,6 @@
-"""Policy search (§3.1): alternating weight (train1) and policy (train2) phases, temperature decay,
-curriculum from the last block, validation with hard Bernoulli policies, `latest`/`best`.
+"""Policy search: alternating weight (train1) and policy (train2) phases, temperature decay,
+curriculum from the last block, validation with hard Bernoulli policies, `latest`/`best`. Every
+iteration's loss goes through the run's divergence guard before any checkpoint is written.
 
 Under DDP every rank draws the same gates and policies (generators seeded by the iteration), trains
 on its shard of each global batch with averaged gradients, and rank 0 writes the files.
@@ -27,13 +28,15 @@ from efficientdl.adashare.loops import check_finite, write_json
 from efficientdl.adashare.losses import sharing_loss, sparsity_loss
 from efficientdl.adashare.policy import Policy
 from efficientdl.core import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from efficientdl.core.log import get_logger
 
 LATEST, BEST, LOGITS_HISTORY = "latest.pt", "best.pt", "logits_history.json"
 EVAL_SEED = 4242
+log = get_logger("adashare")
 
 
 def n_unlocked(cycle: int, num_blocks: int, train_cfg) -> int:
-    """n = min(L, ⌊c/speed⌋ + 1) with the curriculum, else L (§3.1)."""
+    """n = min(L, ⌊c/speed⌋ + 1) with the curriculum, else L."""
     if not train_cfg.curriculum:
         return num_blocks
     return min(num_blocks, cycle // train_cfg.curriculum_speed + 1)
@@ -138,6 +141,12 @@ class Search:
         self.reference = saved["reference"]
         set_rng_state(saved["rng"])
         self.tr.logger.truncate(self.state["history_len"])
+        log.info(
+            "search: resuming at iteration %d of %d (%s)",
+            self.state["it"],
+            self.tr.cfg.train.total_iters,
+            self.folder / LATEST,
+        )
 
     def _set_weights_trainable(self, flag: bool) -> None:
         groups = self.model.parameter_groups()
@@ -167,7 +176,7 @@ class Search:
                     batch["image"], gates.detach() if weight else gates, n_unlocked=self.n
                 )
         loss, _ = weighted_loss(outputs, batch, tr.spec)
-        value = check_finite(loss, f"search ({phase})", st["it"] + 1, tr.ctx)
+        value = check_finite(loss, f"search ({phase})", st["it"] + 1, tr.ctx, tr.guard)
         if not weight:
             if reinforce:
                 base = st["reinforce_baseline"]
@@ -225,6 +234,28 @@ class Search:
         }
         record |= {f"val_{t}_{m}": v for t, ms in val.items() for m, v in ms.items()}
         tr.logger.log(record)
+        tr.log_scalars(
+            st["it"],
+            {
+                "train_loss": train_loss,
+                "val_score": score,
+                "tau": st["tau"],
+                "n_unlocked": n,
+                "lr": self.sgd.param_groups[0]["lr"],
+                "backbone_lr": self.sgd.param_groups[1]["lr"],
+                "policy_lr": self.adam.param_groups[0]["lr"],
+                "val": val,
+            },
+            "search",
+        )
+        tr.log_scalars(
+            st["it"],
+            {
+                task: {f"block_{b}": float(p) for b, p in enumerate(row)}
+                for task, row in zip(model.tasks, probs.tolist())
+            },
+            "policy",
+        )
         st["history_len"] = len(tr.logger.history)
         st["validated"] = True
         if n == model.num_blocks and score > st["best_score"]:
@@ -237,6 +268,7 @@ class Search:
         cfg = self.tr.cfg
         if (self.folder / LATEST).is_file():
             self._load()
+        self.tr.begin()
         t, st = cfg.train, self.state
         bar = tqdm(
             total=t.total_iters,

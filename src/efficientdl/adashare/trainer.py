@@ -1,5 +1,10 @@
-"""`AdaShareTrainer` (§3, §5.5): warm-up → search → sample → retrain → select → evaluate, plus
-baselines; every phase resumes from its own atomic checkpoint in the run folder.
+"""`AdaShareTrainer`: warm-up → search → sample → retrain → select → evaluate, plus baselines;
+every phase resumes from its own atomic checkpoint in the run folder.
+
+The run folder follows the run protocol of `efficientdl.core.run`: `resume=False`/`True` (the CLI)
+applies its rules (a folder holding a run is refused unless resumed; a resume must keep the stored
+config, except `EXTENDS` and `FREE` keys); `resume=None` (library use) opens the folder as is.
+`config.json` is written right before the first training step of a session.
 
 Under torchrun (`torchrun --nproc_per_node=N -m efficientdl.cli adashare pipeline ...`) every rank
 runs every phase on its 1/N of each global batch (`train.batch_size`) with gradients averaged
@@ -13,10 +18,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from efficientdl.adashare import loops
 from efficientdl.adashare.config import AdaShareConfig
@@ -31,16 +36,37 @@ from efficientdl.adashare.viz import plot_policy
 from efficientdl.core import (
     ConfigError,
     DistContext,
+    LossGuard,
     MetricsLogger,
+    RunFolderError,
     init_distributed,
     load_checkpoint,
-    make_run_dir,
+    open_run,
     seed_everything,
     select_device,
     to_dict,
 )
 from efficientdl.core.distributed import shutdown
+from efficientdl.core.log import get_logger
+from efficientdl.core.run import CONFIG_FILE, RunFolder
+from efficientdl.core.tensorboard import Scalars, require_tensorboard
 from efficientdl.data.multitask import BatchStream
+
+log = get_logger("adashare")
+
+EXTENDS = ("train.total_iters", "baselines")
+"""Config keys a resume may change because they only extend the run: more search iterations
+(continued from `search/latest.pt` while no policy has been drawn from the search), and the
+pipeline's list of baselines (each baseline trains in its own folder)."""
+FREE = ("threads", "device", "progress", "out_dir")
+"""Config keys that do not change results (`out_dir` only names the default run folder)."""
+
+
+def resolve_run_dir(out_dir: str, name: str, run_dir=None) -> Path:
+    """`run_dir`, or the default `<out_dir>/<name>-<date>-<time>` (not created here)."""
+    if run_dir is not None:
+        return Path(run_dir)
+    return Path(out_dir) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 class AdaShareTrainer:
@@ -48,9 +74,19 @@ class AdaShareTrainer:
 
     `datasets=(splits, spec)` injects data (tests); otherwise they are built from `config.data`.
     `callbacks` receive one record per training iteration (phase, data half, optimiser, lr, n, τ).
+    `resume` (True/False) applies the run-folder rules (module docstring); `tensorboard=True`
+    writes TensorBoard scalars to `<run-dir>/tensorboard/` at every validation.
     """
 
-    def __init__(self, config: AdaShareConfig, *, run_dir=None, datasets=None) -> None:
+    def __init__(
+        self,
+        config: AdaShareConfig,
+        *,
+        run_dir=None,
+        datasets=None,
+        resume: bool | None = None,
+        tensorboard: bool = False,
+    ) -> None:
         self.cfg = config.validate()
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
@@ -65,18 +101,72 @@ class AdaShareTrainer:
                 f"config key 'train.batch_size': the global batch of {self.cfg.train.batch_size} "
                 f"must split evenly over the {self.ctx.world_size} ranks"
             )
+        if tensorboard:
+            require_tensorboard()
         torch.backends.cudnn.benchmark = self.cfg.perf.cudnn_benchmark
-        self.run_dir = Path(
-            self.on_main(make_run_dir, self.cfg.out_dir, self.cfg.name, run_dir=run_dir)
-        )
-        self.on_main(
-            Path.write_text,
-            self.run_dir / "config.yaml",
-            yaml.safe_dump(to_dict(self.cfg), sort_keys=False),
-        )
-        self.splits, self.spec = datasets if datasets is not None else build_data(self.cfg)
+        path = Path(self.on_main(resolve_run_dir, self.cfg.out_dir, self.cfg.name, run_dir))
+        self.run = self._open(path, resume)
+        self.run_dir = self.run.path
+        try:
+            self.splits, self.spec = datasets if datasets is not None else build_data(self.cfg)
+        except BaseException:
+            self.run.abandon()
+            raise
+        if datasets is None:
+            d = self.cfg.data
+            where = "generated" if d.dataset == "procedural" else d.root or "the data cache"
+            sizes = ", ".join(f"{len(self.splits[s])} {s}" for s in ("train", "val", "test"))
+            log.info("data: %s (%s), tasks %s; %s", d.dataset, where, list(d.tasks), sizes)
         self.logger = MetricsLogger(self.run_dir, enabled=self.ctx.is_main)
         self.callbacks: list = []
+        self.guard = LossGuard("adashare")
+        self.tensorboard = tensorboard
+        self.scalars = Scalars(None, enabled=False)
+        self.tb_prefix = ""
+
+    def _open(self, path: Path, resume: bool | None) -> RunFolder:
+        """The run folder: the run protocol's checks when `resume` is given (every rank checks
+        the same files; rank 0 creates the folder), else the folder as it is."""
+        main = self.ctx.is_main
+        if resume is None:
+            if path.exists() and not path.is_dir():
+                raise RunFolderError(f"--run-dir {path} is a file; expected a folder")
+            created = not path.exists()
+            self.on_main(path.mkdir, parents=True, exist_ok=True)
+            began = (path / CONFIG_FILE).is_file()
+            return RunFolder(path, "adashare", began, is_main=main, created=created)
+        run = open_run(
+            path,
+            method="adashare",
+            config=to_dict(self.cfg),
+            resume=resume,
+            extends=EXTENDS,
+            free=FREE,
+            is_main=main,
+        )
+        if self.ctx.enabled:
+            torch.distributed.barrier()  # every rank checked the folder before anyone writes
+        return run
+
+    def begin(self) -> None:
+        """Record the run (`config.json`) and open the TensorBoard writer, once per session,
+        right before the first training step."""
+        if self.run.started:
+            return
+        self.run.begin(to_dict(self.cfg))
+        if self.tensorboard and not self.scalars.enabled:
+            self.scalars = Scalars(self.run_dir, enabled=self.ctx.is_main)
+
+    def log_scalars(self, step: int, values: dict, prefix: str) -> None:
+        """TensorBoard scalars (with `--tensorboard`, rank 0) tagged `<prefix>/<name>`."""
+        self.scalars.log(step, values, prefix=self.tb_prefix + prefix)
+
+    def close(self) -> None:
+        self.scalars.close()
+
+    def write_summary(self, action: str, result) -> None:
+        """`summary.json`: the result of the last command run in this folder (rank 0)."""
+        self.on_main(self.run.write_summary, {"action": action, "result": result})
 
     # ---- helpers -------------------------------------------------------------------------
     def on_main(self, fn, *args, **kwargs):
@@ -196,7 +286,16 @@ class AdaShareTrainer:
         """Alternating weight/policy phases until `total_iters` (resumes from search/latest.pt)."""
         folder = self.run_dir / "search"
         if (folder / "done.json").is_file():
-            return json.loads((folder / "done.json").read_text())
+            done = json.loads((folder / "done.json").read_text())
+            if done["iters"] >= self.cfg.train.total_iters:
+                log.info("search: done (%d iterations), skipped", done["iters"])
+                return done
+            self._check_extendable(done["iters"])
+            log.info(
+                "search: extending from %d to %d iterations",
+                done["iters"],
+                self.cfg.train.total_iters,
+            )
         model = self.build_model()
         if not (folder / LATEST).is_file():
             if self.cfg.train.warmup_iters > 0:
@@ -207,8 +306,8 @@ class AdaShareTrainer:
                 model.load_state_dict(warm["model"])
         reference = self.reference()
         if reference is None:
-            raise RuntimeError(
-                "search needs a selection reference: run warm-up (warmup_iters > 0), "
+            raise ConfigError(
+                "search needs a selection reference: run warm-up (train.warmup_iters > 0), "
                 "the single_task baseline, or set selection_reference"
             )
         folder.mkdir(parents=True, exist_ok=True)
@@ -223,6 +322,17 @@ class AdaShareTrainer:
         self.on_main(loops.write_json, folder / "done.json", done)
         return done
 
+    def _check_extendable(self, searched: int) -> None:
+        """A longer `train.total_iters` continues a finished search only while nothing was drawn
+        from it (policies, ablations); otherwise the extension cannot be honoured."""
+        drawn = sorted((self.run_dir / "policies").glob("policy_*.json"))
+        if drawn:
+            raise RunFolderError(
+                f"train.total_iters={self.cfg.train.total_iters}: the search in {self.run_dir} "
+                f"finished at {searched} iterations and policies were already drawn from it "
+                f"({self.run_dir / 'policies'}); keep total_iters={searched} or start a new run"
+            )
+
     def searched_model(self) -> tuple[AdaShareNet, str]:
         """The search model from `best.pt` (or `latest.pt` when n never reached L)."""
         folder = self.run_dir / "search"
@@ -232,12 +342,13 @@ class AdaShareTrainer:
         return model, str(path)
 
     def sample(self) -> list[Policy]:
-        """Draw `sample.num` hard policies from the searched logits (one seed each, §3.3)."""
+        """Draw `sample.num` hard policies from the searched logits (one seed each)."""
         folder = self.run_dir / "policies"
         s = self.cfg.sample
         seeds = list(s.seeds) + [self.cfg.seed + i for i in range(len(s.seeds), s.num)]
         paths = [folder / f"policy_{i:02d}.json" for i in range(s.num)]
         if all(p.is_file() for p in paths):
+            log.info("sample: %d policies already drawn in %s, skipped", s.num, folder)
             return [Policy.from_json(p) for p in paths]
         self.search()
         model, source = self.searched_model()
@@ -261,7 +372,7 @@ class AdaShareTrainer:
         plot_policy(policies[0], self.run_dir / "policy.png", title="sampled policy 0")
 
     def retrain(self, policy: Policy, index: int = 0) -> dict:
-        """Re-train from scratch (seed + index) with the fixed `policy` and true skipping (§3.4)."""
+        """Re-train from scratch (seed + index) with the fixed `policy` and true skipping."""
         folder = self.run_dir / "retrain" / f"sample_{index:02d}"
         model = self.build_model(seed=self.cfg.seed + index)
         if self.cfg.retrain.from_search:
@@ -303,7 +414,13 @@ class AdaShareTrainer:
 
     def evaluate(self, split: str = "test") -> dict:
         """Metrics of the selected re-trained model on `split` ('val' or 'test')."""
-        selected = json.loads((self.run_dir / "adashare_result.json").read_text())
+        path = self.run_dir / "adashare_result.json"
+        if not path.is_file():
+            raise RunFolderError(
+                f"{path} does not exist: the run has no selected AdaShare model yet; "
+                "run `efficientdl adashare select --run-dir DIR --resume` first"
+            )
+        selected = json.loads(path.read_text())
         policy = Policy.from_dict(selected["policy"])
         model = self.build_model()
         model.load_state_dict(
@@ -318,7 +435,7 @@ class AdaShareTrainer:
         )
 
     def run_baseline(self, name: str) -> dict:
-        """Train, validate and test baseline or ablation `name` (§3.5)."""
+        """Train, validate and test baseline or ablation `name`."""
         from efficientdl.adashare.baselines import run_baseline
 
         return run_baseline(self, name)
@@ -334,25 +451,32 @@ class AdaShareTrainer:
         self.select()
         for name in baselines:
             self.run_baseline(name)
-        return self.on_main(write_results, self)
+        out = self.on_main(write_results, self)
+        self.write_summary("pipeline", out)
+        return out
 
 
 def read_reference(path: Path) -> dict:
     """Single-task validation metrics {task: {metric: value}} from `selection_reference`: a file
     with a "val" entry (a baseline's result.json, an ablation's reference.json) or the
     results.json of a pipeline run, whose folder holds baselines/single_task/result.json."""
-    data = json.loads(path.read_text())
-    if "val" in data:
+    if not path.is_file():
+        raise ConfigError(f"config key 'selection_reference': {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"selection_reference {path} is not valid JSON ({err})") from None
+    if isinstance(data, dict) and "val" in data:
         return data["val"]
-    if "runs" not in data:
-        raise ValueError(
+    if not isinstance(data, dict) or "runs" not in data:
+        raise ConfigError(
             f"selection_reference {path}: expected a result.json with 'val' or a pipeline's "
             "results.json with 'runs'"
         )
     single = path.parent / "baselines" / "single_task"
     done = loops.read_result(single)
     if done is None or not done.get("val"):
-        raise ValueError(
+        raise ConfigError(
             f"selection_reference {path}: results.json holds test metrics only, and the "
             f"single-task validation metrics ('val' in {single / loops.RESULT}) are missing; "
             "run the single_task baseline in that run folder or point at a file with 'val'"

@@ -1,4 +1,4 @@
-"""Policy pictures (§5.6): tasks × blocks grids like the paper's figure."""
+"""Policy pictures: tasks × blocks grids like the paper's figure."""
 
 from __future__ import annotations
 

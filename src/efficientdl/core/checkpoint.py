@@ -12,6 +12,7 @@ import os
 import pickle
 import random
 import re
+import struct
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,12 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
+            try:
+                torch.save(state, handle)
+            except RuntimeError as err:  # torch's zip writer hides a Ctrl-C during the write
+                if isinstance(err.__context__, KeyboardInterrupt):
+                    raise err.__context__ from None
+                raise
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -81,9 +87,14 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 
 
 def _numpy_array_globals() -> list:
-    from numpy._core import multiarray
-
-    return [multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    try:
+        from numpy._core import multiarray  # numpy >= 2
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray
+    rebuild = multiarray._reconstruct
+    # checkpoints written under numpy 1.x name `numpy.core.multiarray`, under 2.x `numpy._core`
+    names = [(rebuild, f"{root}.multiarray._reconstruct") for root in ("numpy.core", "numpy._core")]
+    return [*names, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def load_checkpoint(path: str | Path, *, map_location: Any = "cpu") -> dict[str, Any]:
@@ -98,6 +109,10 @@ def load_checkpoint(path: str | Path, *, map_location: Any = "cpu") -> dict[str,
         with torch.serialization.safe_globals(_numpy_array_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        if "Unsupported operand" in str(err):  # bytes that are no pickle: damaged, not unsafe
+            raise DataError(
+                f"checkpoint {path} is damaged or truncated (not a pickle); delete it"
+            ) from None
         found = re.search(r"GLOBAL (\S+)", str(err))
         what = f"it asks for {found.group(1)}" if found else "it asks for objects"
         raise UnsafeFileError(
@@ -107,3 +122,9 @@ def load_checkpoint(path: str | Path, *, map_location: Any = "cpu") -> dict[str,
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         first = str(err).split(". ")[0]
         raise DataError(f"checkpoint {path} is damaged or truncated ({first}); delete it") from None
+    except (KeyError, IndexError, AssertionError, struct.error) as err:
+        # what the weights-only unpickler raises on cut or garbled pickle bytes
+        raise DataError(
+            f"checkpoint {path} is damaged or truncated (unreadable pickle data: "
+            f"{type(err).__name__}); delete it"
+        ) from None

@@ -194,7 +194,10 @@ def open_run(
         log.info("resuming the %s run in %s", method, path)
     created = not path.exists()
     if is_main:
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a parent that is a file, no permission, ...
+            raise RunFolderError(f"--run-dir {path} cannot be created ({err.strerror})") from None
         remove_stale_temporaries(path)
     return RunFolder(path, method, resume, is_main=is_main, created=created)
 

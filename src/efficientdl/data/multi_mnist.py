@@ -1,4 +1,5 @@
-"""Multi-MNIST / Multi-Fashion (AdaShare spec §6.5): two items overlaid on a 36×36 canvas.
+"""Multi-MNIST / Multi-Fashion (the AdaShare multi-task benchmark): two items overlaid on a 36×36
+canvas.
 
 Item i of a split puts source image i at the top-left (rows/cols 0–27) and its partner (from a
 seeded permutation) at the bottom-right (rows/cols 8–35), combines them by pixel-wise max and
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from efficientdl.core.errors import ConfigError
 from efficientdl.data.fashion_mnist import find_fashion_mnist
 from efficientdl.data.idx import read_idx_split
 from efficientdl.data.mnist import load_mnist_bytes
@@ -31,7 +33,7 @@ def _source(kind: str, split: str, root, seed: int) -> tuple[np.ndarray, np.ndar
             return x, y
         keep = slice(None, -VAL_SIZE) if split == "train" else slice(-VAL_SIZE, None)
         return x[keep], y[keep]
-    x, y = read_idx_split(find_fashion_mnist(root), part)
+    x, y = read_idx_split(find_fashion_mnist(root), part, dataset="fashion-mnist")
     if split == "test":
         return x, y
     perm = np.random.default_rng([seed, 7]).permutation(len(x))
@@ -61,9 +63,9 @@ class MultiMNIST:
 
     def __init__(self, root=None, split: str = "train", *, variant: str = "mnist", seed: int = 0):
         if variant not in VARIANTS:
-            raise ValueError(f"Multi-MNIST variant must be one of {VARIANTS}, got {variant!r}")
+            raise ConfigError(f"Multi-MNIST variant must be one of {VARIANTS}, got {variant!r}")
         if split not in SPLITS:
-            raise ValueError(f"Multi-MNIST split must be one of {SPLITS}, got {split!r}")
+            raise ConfigError(f"Multi-MNIST split must be one of {SPLITS}, got {split!r}")
         kinds = {"mnist": ("mnist", "mnist"), "fashion": ("fashion", "fashion")}.get(
             variant, ("mnist", "fashion")
         )

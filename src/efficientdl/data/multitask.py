@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from efficientdl.core.errors import ConfigError
+
 IGNORE = 255
 
 
@@ -66,14 +68,15 @@ class Memoized:
 def split_off(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(rest, held-out) index arrays: ⌈fraction·n⌉ indices held out by a seeded permutation."""
     if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {fraction!r}")
+        raise ConfigError(f"val_fraction must be in [0, 1), got {fraction!r}")
     perm = np.random.default_rng(seed).permutation(n)
     k = int(np.ceil(fraction * n))
     return np.sort(perm[k:]), np.sort(perm[:k])
 
 
 def halves(indices: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded halving of `indices` into train1 / train2 (§3.1)."""
+    """A seeded halving of `indices` into train1 / train2 (AdaShare trains the network weights on
+    train1 and the select policy on train2)."""
     perm = np.random.default_rng([seed, 1]).permutation(np.asarray(indices))
     mid = len(perm) // 2
     return np.sort(perm[:mid]), np.sort(perm[mid:])
@@ -153,7 +156,7 @@ class BatchStream:
 
     def __init__(self, dataset, batch_size: int, *, seed: int, stream: int, augment_fn=None):
         if len(dataset) < batch_size:
-            raise ValueError(
+            raise ConfigError(
                 f"a split of {len(dataset)} samples cannot fill one batch of {batch_size}"
             )
         self.dataset, self.batch_size = dataset, batch_size

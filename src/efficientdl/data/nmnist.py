@@ -1,5 +1,9 @@
-"""N-MNIST event files and the official preprocessing (spec §6): saccade stabilisation, 3 ms bins,
-binary frames `[T, 2, 34, 34]` with axes (polarity, x, y). No psp here (the model encodes)."""
+"""N-MNIST event files and the official TSSL-BP preprocessing: saccade stabilisation, 3 ms bins,
+binary frames `[T, 2, 34, 34]` with axes (polarity, x, y). No psp here (the model encodes).
+
+Every event is 5 bytes, so opening a split checks that each `.bin` file's size is a multiple of
+5: a damaged file is reported then, not when a batch first reads it mid-training.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from efficientdl.core.errors import ConfigError
 from efficientdl.data.cache import DatasetFormatError, DatasetNotFoundError, root_hint, search_dirs
 
 SIZE = 34
@@ -24,7 +29,7 @@ def decode_events(raw: bytes | np.ndarray) -> dict[str, np.ndarray]:
     """Decode 5-byte events: x, y (uint8), polarity (bit 7 of byte 2), 23-bit timestamp in µs."""
     buf = np.frombuffer(raw, dtype=np.uint8) if isinstance(raw, bytes) else np.asarray(raw)
     if buf.size % 5:
-        raise ValueError(f"event data has {buf.size} bytes, not a multiple of 5")
+        raise DatasetFormatError(f"event data has {buf.size} bytes, not a multiple of 5")
     ev = buf.reshape(-1, 5).astype(np.int64)
     return {
         "x": ev[:, 0],
@@ -41,7 +46,7 @@ def read_events(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise DatasetNotFoundError(f"{path} does not exist; {root_hint('nmnist', fetchable=False)}")
     try:
         return decode_events(path.read_bytes())
-    except ValueError as err:
+    except DatasetFormatError as err:
         raise DatasetFormatError(f"{path}: corrupt N-MNIST event file ({err})") from err
 
 
@@ -75,7 +80,7 @@ def frame_index(ts: np.ndarray, T: int, *, binning: str = "official") -> np.ndar
     """Frame of each event (−1 = dropped). b = ceil(ts/3000); 'official': k = b − 1 for
     1 ≤ b ≤ T − 1, b = 0 → T − 1, b ≥ T dropped; 'clean': k = max(b, 1) − 1 kept if k < T."""
     if binning not in BINNINGS:
-        raise ValueError(f"binning must be one of {BINNINGS}, got {binning!r}")
+        raise ConfigError(f"binning must be one of {BINNINGS}, got {binning!r}")
     b = -(-np.asarray(ts, dtype=np.int64) // BIN_US)
     if binning == "clean":
         k = np.maximum(b, 1) - 1
@@ -89,7 +94,7 @@ def events_to_frames(
     """Binary frames float32 `[T, 2, 34, 34]`, axes (polarity OFF=0/ON=1, x, y), from raw events
     (stabilised here unless `stabilise=False`)."""
     if T < 1:
-        raise ValueError(f"T must be >= 1, got {T}")
+        raise ConfigError(f"T must be >= 1, got {T}")
     ev = stabilize(events) if stabilise else events
     k = frame_index(ev["ts"], T, binning=binning)
     keep = k >= 0
@@ -126,7 +131,24 @@ def _list_samples(folder: Path) -> tuple[list[Path], list[int]]:
         raise DatasetNotFoundError(
             f"{folder}: no <digit>/*.bin event files; {root_hint('nmnist', fetchable=False)}"
         )
+    _check_sizes(folder, files)
     return files, labels
+
+
+def _check_sizes(folder: Path, files: list[Path], *, show: int = 3) -> None:
+    """DatasetFormatError listing the first `show` files whose size is not a multiple of 5."""
+    bad = []
+    for path in files:
+        size = path.stat().st_size
+        if size % 5:
+            bad.append(f"{path.relative_to(folder)} ({size} bytes)")
+    if bad:
+        more = f" and {len(bad) - show} more" if len(bad) > show else ""
+        raise DatasetFormatError(
+            f"{folder}: {len(bad)} N-MNIST event file(s) whose size is not a multiple of 5 bytes "
+            f"(truncated or not N-MNIST): {', '.join(bad[:show])}{more}; replace them with the "
+            "files of the N-MNIST Train.zip/Test.zip"
+        )
 
 
 class NMNIST:
@@ -146,9 +168,11 @@ class NMNIST:
         binning: str = "official",
     ) -> None:
         if split not in _SPLIT_DIRS:
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+            raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
         if binning not in BINNINGS:
-            raise ValueError(f"binning must be one of {BINNINGS}, got {binning!r}")
+            raise ConfigError(f"binning must be one of {BINNINGS}, got {binning!r}")
+        if not isinstance(T, (int, np.integer)) or isinstance(T, bool) or T < 1:
+            raise ConfigError(f"N-MNIST: T must be an int >= 1, got {T!r}")
         self.root = find_nmnist(root)
         self.split, self.T, self.binning = split, int(T), binning
         self.name = f"nmnist-{split}"

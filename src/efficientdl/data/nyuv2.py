@@ -1,4 +1,4 @@
-"""NYUv2 in the official AdaShare formatted release (AdaShare spec §6.1), from a local root.
+"""NYUv2 in the official AdaShare formatted release, from a local root.
 
 `<root>/nyu_v2_3task.json` = {"train": [[img, seg, normal, depth], ...], "test": [...],
 optionally "train1"/"train2"}; `img/NNNN.png` RGB 8-bit, `seg/NNNN.png` 8-bit classes 0…39 with
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from efficientdl.core.errors import ConfigError
 from efficientdl.data.dense_io import (
     DenseDataset,
     bgr_normalize,
@@ -30,11 +31,12 @@ def decode_normals(rgb: np.ndarray, encoding: str = "unit") -> tuple[np.ndarray,
     """(normal [3, H, W] float32, valid [H, W]) from an 8-bit normal PNG [H, W, 3].
 
     'unit': n = 2v/255 − 1 renormalised, x = R (right), y = G, z = B; 'official_raw': the raw
-    0–255 values in BGR order, as the official code trains on them (§4.1 quirk). A channel equal
+    0–255 values in BGR order, as the official code trains on them (a quirk of that code). A
+    channel equal
     to 255 marks the pixel invalid [code].
     """
     if encoding not in ENCODINGS:
-        raise ValueError(f"unknown normals encoding {encoding!r}; expected one of {ENCODINGS}")
+        raise ConfigError(f"unknown normals encoding {encoding!r}; expected one of {ENCODINGS}")
     v = np.asarray(rgb, dtype=np.float32)
     valid = ~(np.asarray(rgb) == 255).any(-1)
     if encoding == "official_raw":
@@ -74,9 +76,9 @@ class NYUv2(DenseDataset):
         normals_encoding: str = "unit",
     ) -> None:
         if root is None:
-            raise ValueError("NYUv2 needs data.root: the folder holding nyu_v2_3task.json")
+            raise ConfigError("NYUv2 needs data.root: the folder holding nyu_v2_3task.json")
         if normals_encoding not in ENCODINGS:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown normals encoding {normals_encoding!r}; expected one of {ENCODINGS}"
             )
         path = Path(root) / JSON

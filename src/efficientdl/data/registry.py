@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from efficientdl.core.errors import ConfigError
 from efficientdl.data.cache import DatasetFormatError, DatasetNotFoundError
 from efficientdl.data.cifar10 import find_cifar10, load_cifar10
 from efficientdl.data.digits import find_digits, load_digits
@@ -50,7 +51,7 @@ def known() -> list[str]:
 
 def _check_name(name: str) -> str:
     if name not in _LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(known())}")
+        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(known())}")
     return name
 
 
@@ -66,11 +67,11 @@ def get_dataset(
     """
     loader = _LOADERS[_check_name(name)]
     if split not in ("train", "test"):
-        raise ValueError(f"{name}: split must be 'train' or 'test', got {split!r}")
+        raise ConfigError(f"{name}: split must be 'train' or 'test', got {split!r}")
     allowed = [p for p in inspect.signature(loader).parameters if p not in ("split", "root")]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"{name}: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}"
         )
     return loader(split, root=root, **options)

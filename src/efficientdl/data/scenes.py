@@ -1,4 +1,5 @@
-"""Offline procedural multi-task scenes (AdaShare spec §6.4): deterministic from a seed, any size.
+"""Offline procedural multi-task scenes (a stand-in for the AdaShare benchmarks): deterministic
+from a seed, any size.
 
 Each sample is ray-cast analytically: a floor, usually a back wall, 2–6 primitives. Targets:
 semantic segmentation (0 floor, 1 wall, 2 sphere, 3 box, 4 cylinder, 5 ellipsoid, 255 void),
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from efficientdl.core.errors import ConfigError
 from efficientdl.data.raycast import (
     SEG_IDS,
     Primitive,
@@ -191,21 +193,21 @@ class ProceduralScenes:
         tasks=PRESETS["procedural_5task"],
     ) -> None:
         if split not in SPLITS:
-            raise ValueError(
+            raise ConfigError(
                 f"procedural scenes: split must be one of {list(SPLITS)}, got {split!r}"
             )
         if not isinstance(size, int) or size < 8:
-            raise ValueError(f"procedural scenes: size must be an int ≥ 8, got {size!r}")
+            raise ConfigError(f"procedural scenes: size must be an int ≥ 8, got {size!r}")
         unknown = [t for t in tasks if t not in TASK_CHANNELS]
         if unknown or not tasks:
-            raise ValueError(
+            raise ConfigError(
                 f"procedural scenes: unknown tasks {unknown}; known {list(TASK_CHANNELS)}"
             )
         self.split, self.size, self.seed = split, size, seed
         self.split_id, default = SPLITS[split]
         self.num = default if num is None else num
         if self.num < 1:
-            raise ValueError(f"procedural scenes: num must be ≥ 1, got {num!r}")
+            raise ConfigError(f"procedural scenes: num must be ≥ 1, got {num!r}")
         self.tasks = tuple(tasks)
         self.pad_value = np.full(3, (0.0 - IMAGE_MEAN) / IMAGE_STD, dtype=np.float32)
 

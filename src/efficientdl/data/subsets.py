@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from efficientdl.core.errors import ConfigError
 from efficientdl.data.arrays import ArrayDataset
 
 
@@ -13,13 +14,15 @@ def per_class_indices(labels: torch.Tensor, per_class: int, *, seed: int) -> tor
     generator seeded with `seed` (one permutation per class, in class order)."""
     labels = torch.as_tensor(labels)
     if not isinstance(per_class, int) or per_class < 1:
-        raise ValueError(f"per_class must be a positive int, got {per_class!r}")
+        raise ConfigError(f"per_class must be a positive int, got {per_class!r}")
     gen = torch.Generator().manual_seed(seed)
     chosen = []
     for c in torch.unique(labels).tolist():
         idx = (labels == c).nonzero().flatten()
         if len(idx) < per_class:
-            raise ValueError(f"class {c} has {len(idx)} samples, fewer than per_class={per_class}")
+            raise ConfigError(
+                f"class {c} has {len(idx)} samples, fewer than per_class={per_class}"
+            )
         chosen.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
     return torch.cat(chosen).sort().values
 

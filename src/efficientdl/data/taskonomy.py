@@ -1,4 +1,4 @@
-"""Tiny-Taskonomy (AdaShare spec §6.3, layout as far as known), from a local root.
+"""Tiny-Taskonomy (the AdaShare benchmark; layout as far as known), from a local root.
 
 The root holds one of three layouts, tried in this order:
 
@@ -15,7 +15,8 @@ The root holds one of three layouts, tried in this order:
    raises DatasetNotFoundError naming the path; a missing view file does when it is read.
 3. Otherwise the folders `<domain>/point_<i>_view_<j>_domain_<domain>.png`, one split `all`.
 
-With the seg task, `semseg_prior_factor.npy` (17 class weights, §2.1) must be in the root,
+With the seg task, `semseg_prior_factor.npy` (the 17 class weights of the official code) must be
+in the root,
 unless `class_weights=False` asks for unweighted cross-entropy on purpose.
 Preprocessing [code]: everything resized to 256² with nearest; seg x → max(x, 1) − 1 (17
 classes); normals v/255 → [−1, 1]; depth (16-bit) d → log(1 + d)/log(2^16), valid d < 64,500;
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from efficientdl.core.errors import ConfigError
 from efficientdl.data.cache import DatasetFormatError
 from efficientdl.data.dense_io import (
     DenseDataset,
@@ -115,7 +117,7 @@ def index_splits(root: Path, tasks) -> dict[str, list[list[str]]]:
 
 
 def load_class_weights(root: Path) -> torch.Tensor:
-    """The 17 seg class weights of `<root>/semseg_prior_factor.npy` (§2.1), float32."""
+    """The 17 seg class weights of `<root>/semseg_prior_factor.npy`, float32."""
     path = need(
         root / PRIOR,
         "the 17 Taskonomy seg class weights; class_weights=False trains seg unweighted on purpose",
@@ -139,7 +141,7 @@ class Taskonomy(DenseDataset):
     ) -> None:
         """`class_weights=False`: seg unweighted on purpose, no `semseg_prior_factor.npy` read."""
         if root is None:
-            raise ValueError(
+            raise ConfigError(
                 "Taskonomy needs data.root: the folder of taskonomy.json, splits.csv or <domain>/"
             )
         super().__init__(root, split, tasks, index_splits(Path(root), tasks))

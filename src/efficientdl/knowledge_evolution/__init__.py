@@ -4,7 +4,7 @@ Split every conv/linear weight into a kept fit hypothesis and a re-drawn reset h
 (`split`: KELS kernel-level from the traced graph, or WELS weight-level), re-draw the reset part
 between generations (`reinitialize`), drive the generations with checkpoints and resume
 (`KnowledgeEvolution` / `evolve`), and cut the KELS fit hypothesis out as a thinner network
-(`extract_slim`). Spec: shared/specs/knowledge_evolution.md.
+(`extract_slim`).
 """
 
 from efficientdl.knowledge_evolution.cost import cost

@@ -1,4 +1,4 @@
-"""Dense vs slim cost and measured latency (spec §7), shared by `efficientdl ke bench` and
+"""Dense vs slim cost and measured latency, shared by `efficientdl ke bench` and
 benchmarks/ke_slim.py."""
 
 from __future__ import annotations

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+from pathlib import Path
 
-from efficientdl.core.config import add_config_args, load_config
+from efficientdl.core.config import add_config_args, config_from_args
+from efficientdl.core.errors import ConfigError, RunFolderError, UserError
+from efficientdl.core.run import add_run_args, stored_run
 
 
 def register(sub) -> None:
     """Add the `ke` sub-command tree to the top-level parser."""
     ke = sub.add_parser("ke", help="Knowledge Evolution (generations, KELS/WELS, slim nets)")
     actions = ke.add_subparsers(dest="action", required=True)
-    train = actions.add_parser("train", help="run one arm of a KE experiment (checkpointed)")
-    add_config_args(train, example="configs/ke/demo.yaml")
-    train.add_argument("--run-dir", default=None, help="run folder (default runs/ke/<name>-<time>)")
-    train.add_argument(
-        "--resume", action="store_true", help="continue the run in --run-dir where it stopped"
+    train = actions.add_parser(
+        "train",
+        help="run one arm of a KE experiment (checkpointed; torchrun shards each batch)",
+        description="Run one arm of a KE experiment into a run folder. --resume continues it "
+        "(a finished run too, with --set generations=N); without --config it uses the stored "
+        "config. Under torchrun every rank trains on its shard of each global batch.",
     )
+    add_config_args(train, method="ke", example="ke/demo", required=False)
+    add_run_args(train, example_dir="runs/ke/<name>-<time>")
     train.set_defaults(func=_train)
     bench = actions.add_parser("bench", help="dense vs slim parameters, MACs and CPU latency")
-    add_config_args(bench, example="configs/ke/demo.yaml")
+    add_config_args(bench, method="ke", example="ke/demo")
     bench.add_argument("--input-size", type=int, default=28, help="square input side")
     bench.add_argument("--classes", type=int, default=10)
     bench.add_argument("--batch", type=int, nargs="+", default=[1, 64])
@@ -27,19 +35,48 @@ def register(sub) -> None:
     bench.set_defaults(func=_bench)
 
 
-def _config(args):
+def _config(args, stored=None):
     from efficientdl.knowledge_evolution.recipe import KEConfig
 
-    return load_config(KEConfig, args.config, args.overrides).validate()
+    return config_from_args(KEConfig, args, stored=stored).validate()
+
+
+def _stored_config(args):
+    """The config of the KE run in `--run-dir`, for `--resume` without `--config` (None when
+    the folder holds no KE run: `open_run` then names what is wrong)."""
+    if not Path(args.run_dir).is_dir():
+        return None
+    record = stored_run(args.run_dir)
+    return record["config"] if record is not None and record["method"] == "ke" else None
 
 
 def _train(args) -> int:
     from efficientdl.knowledge_evolution.experiment import run_experiment
 
     if args.resume and args.run_dir is None:
-        raise ValueError("--resume needs --run-dir (the folder of the run to continue)")
-    summary = run_experiment(_config(args), run_dir=args.run_dir, resume=args.resume)
-    print(json.dumps(summary, indent=2))
+        raise RunFolderError("--resume needs --run-dir (the folder of the run to continue)")
+    stored = None
+    if args.config is None:
+        if not args.resume:
+            raise ConfigError(
+                "ke train needs --config NAME|FILE (e.g. ke/demo; `efficientdl configs ke`), "
+                "or --resume --run-dir DIR to continue a run with its stored config"
+            )
+        stored = _stored_config(args)
+    config = _config(args, stored)
+    given = args.run_dir
+    # Ctrl-C offers `--resume` only once the run has started (config.json written); a resumed
+    # run can always be resumed again.
+    args.run_dir = given if args.resume else None
+
+    def began(path: Path) -> None:
+        args.run_dir = str(path)
+
+    summary = run_experiment(
+        config, run_dir=given, resume=args.resume, tensorboard=args.tensorboard, on_begin=began
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -47,19 +84,36 @@ def _bench(args) -> int:
     import torch
 
     from efficientdl.knowledge_evolution.bench import cost_row, forward_fn, latency
-    from efficientdl.knowledge_evolution.experiment import build
-    from efficientdl.knowledge_evolution.masks import split
+    from efficientdl.knowledge_evolution.experiment import build, make_masks
     from efficientdl.knowledge_evolution.slim import extract_slim
 
     config = _config(args)
+    for name, value in (("--input-size", args.input_size), ("--classes", args.classes),
+                        ("--runs", args.runs), *(("--batch", b) for b in args.batch)):  # fmt: skip
+        if value < 1:
+            raise ConfigError(f"{name} must be ≥ 1, got {value}")
+    if config.scheme != "kels":
+        raise ConfigError(
+            f"ke bench compares the dense net with the slim KELS net; config key 'scheme' is "
+            f"{config.scheme!r} (use --set scheme=kels)"
+        )
     if config.threads:
         torch.set_num_threads(config.threads)
     channels = config.in_channels or 1
     model = build(config, num_classes=args.classes, in_channels=channels).eval()
     x = torch.randn(max(args.batch), channels, args.input_size, args.input_size)
-    masks = split(model, rate=config.split_rate, channel_multiple=config.channel_multiple)
+    masks = make_masks(dataclasses.replace(config, arm="ke"), model)
     nets = {"dense": model, f"slim sr={config.split_rate}": extract_slim(model, masks)}
-    rows = [cost_row(name, net, x) for name, net in nets.items()]
+    try:
+        rows = [cost_row(name, net, x) for name, net in nets.items()]
+    except RuntimeError as err:
+        if isinstance(err, UserError):
+            raise
+        first = str(err).strip().splitlines()[0]
+        raise ConfigError(
+            f"--input-size {args.input_size}: {config.model} does not run on "
+            f"{channels}×{args.input_size}×{args.input_size} inputs ({first})"
+        ) from None
     for b in args.batch:
         fns = {name: forward_fn(net, x[:b]) for name, net in nets.items()}
         ms = latency(fns, device=x.device, warmup=3, runs=args.runs)

@@ -1,4 +1,4 @@
-"""Parameter and operation counts of a network (spec §3.4): MACs, and the official profiler's
+"""Parameter and operation counts of a network: MACs, and the official profiler's
 operation count with its quirks, only to reproduce the paper's 3.632 → 0.968 GOps."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The generation driver (spec §1.1, §3.5): re-initialise, train, evaluate, checkpoint, resume."""
+"""The generation driver: re-draw the reset hypothesis, train, evaluate, checkpoint, resume."""
 
 from __future__ import annotations
 
@@ -15,7 +15,17 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from efficientdl.core import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from efficientdl.core import (
+    ConfigError,
+    RunFolderError,
+    derive_seed,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from efficientdl.core.log import get_logger
+from efficientdl.knowledge_evolution.distributed import barrier, current_context
 from efficientdl.knowledge_evolution.masks import Masks, is_kernel_level
 from efficientdl.knowledge_evolution.reinit import INITS, check_masks, masked_copy, reinitialize
 from efficientdl.knowledge_evolution.report import _atomic_text, plot_generations, write_history
@@ -24,13 +34,15 @@ from efficientdl.knowledge_evolution.slim import extract_slim
 STREAMS = ("reinit", "train", "mask")
 _RESUME_FREE = ("generations", "keep", "version", "model_class")
 
+log = get_logger("ke")
+
 
 def stream_seed(seed: int, generation: int, stream: str) -> int:
-    """63-bit seed from SHA-256 of f"{seed}:{generation}:{stream}" (streams reinit/train/mask)."""
+    """63-bit seed from SHA-256 of f"{seed}:{generation}:{stream}" (streams reinit/train/mask):
+    `core.derive_seed(seed, generation, stream)`."""
     if stream not in STREAMS:
         raise ValueError(f"unknown stream {stream!r}; expected one of {STREAMS}")
-    digest = hashlib.sha256(f"{seed}:{generation}:{stream}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
+    return derive_seed(seed, generation, stream)
 
 
 def masks_digest(masks: Masks) -> str:
@@ -65,7 +77,7 @@ def _count(model: nn.Module) -> int:
 
 
 class KnowledgeEvolution:
-    """Train `model` for `generations` generations with fixed fit/reset `masks` (spec §3.5).
+    """Train `model` for `generations` generations with fixed fit/reset `masks`.
 
     Generation 1 trains the model as given. Generation g ≥ 2 re-draws the reset hypothesis
     (`reinitialize` with the derived 'reinit' stream; fit weights bit-exact), clears gradients and
@@ -73,6 +85,8 @@ class KnowledgeEvolution:
     `eval_fn` runs on the dense net, the fit net (KELS: the slim net of `extract_slim`; otherwise
     `masked_copy(part='fit')`) and the reset net (`masked_copy(part='reset')`). With `run_dir`
     every step is checkpointed atomically and `run()` resumes a killed run bit-exactly.
+    `on_generation(record)`, if given, sees each generation's history record as it is made.
+    Under torchrun every rank runs the driver (identical evaluations) and only rank 0 writes.
     """
 
     def __init__(
@@ -92,29 +106,31 @@ class KnowledgeEvolution:
         eval_fit: bool = True,
         eval_reset: bool = True,
         keep: str | int = "all",
+        on_generation: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         check_masks(model, masks)
         if not isinstance(generations, int) or generations < 1:
-            raise ValueError(f"generations must be a positive int, got {generations!r}")
+            raise ConfigError(f"generations must be a positive int, got {generations!r}")
         if init not in INITS:
-            raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
+            raise ConfigError(f"unknown init {init!r}; expected one of {INITS}")
         if keep != "all" and (not isinstance(keep, int) or keep < 1):
-            raise ValueError(f"keep must be 'all' or a positive int, got {keep!r}")
+            raise ConfigError(f"keep must be 'all' or a positive int, got {keep!r}")
         self.kels = is_kernel_level(masks)
         all_true = all(bool(m.all()) for m in masks.values())
         if reset_hypothesis and self.kels and not all_true:
-            raise ValueError(
+            raise ConfigError(
                 "reset_hypothesis=True re-draws WELS masks; KELS prefix masks would not change "
                 "(random channel subsets are not supported)"
             )
         if reset_bn and not self.kels:
-            raise ValueError("reset_bn=True needs kernel-level (KELS) masks")
+            raise ConfigError("reset_bn=True needs kernel-level (KELS) masks")
         self.model, self.masks = model, dict(masks)
         self.train_fn, self.eval_fn = train_fn, eval_fn
         self.generations, self.seed, self.keep = generations, seed, keep
         self.init, self.reset_bn, self.reset_hypothesis = init, reset_bn, reset_hypothesis
         self.probe, self.eval_fit, self.eval_reset = probe, eval_fit, eval_reset
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.on_generation = on_generation
         self.history: list[dict[str, Any]] = []
 
     def config(self) -> dict[str, Any]:
@@ -158,8 +174,8 @@ class KnowledgeEvolution:
         return state
 
     def _start(self) -> tuple[int, dict[str, Any] | None]:
-        """(first generation to run, its loaded start.pt state or None); writes or checks
-        ke.json and masks.pt."""
+        """(first generation to run, its loaded start.pt state or None); checks, then (rank 0)
+        writes ke.json and masks.pt. Every rank reads the folder before rank 0 writes to it."""
         if self.run_dir is None:
             return 1, None
         config = self.config()
@@ -168,22 +184,26 @@ class KnowledgeEvolution:
             saved = json.loads(meta.read_text())
             for key in sorted(set(saved) | set(config)):
                 if key not in _RESUME_FREE and saved.get(key) != config.get(key):
-                    raise ValueError(
+                    raise RunFolderError(
                         f"cannot resume {self.run_dir}: '{key}' was {saved.get(key)!r}, now "
                         f"{config.get(key)!r}"
                     )
-        if _is_main():
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_text(meta, json.dumps(config, indent=2))
-            if not (self.run_dir / "masks.pt").exists():
-                save_checkpoint(self.run_dir / "masks.pt", self.masks)
         done = [int(p.parent.name[4:]) for p in self.run_dir.glob("gen_*/final.pt")]
         first = 1
         if done:
             self._load(self._gen_dir(max(done)) / "final.pt")
             first = max(done) + 1
         start = self._gen_dir(first) / "start.pt"
-        return first, (self._load(start) if start.exists() else None)
+        started = self._load(start) if start.exists() else None
+        if done or started is not None:
+            log.info("resuming %s at generation %d", self.run_dir, first)
+        barrier(current_context())
+        if _is_main():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _atomic_text(meta, json.dumps(config, indent=2))
+            if not (self.run_dir / "masks.pt").exists():
+                save_checkpoint(self.run_dir / "masks.pt", self.masks)
+        return first, started
 
     def run(self) -> list[dict[str, Any]]:
         """Run (or resume) every generation; returns the per-generation history."""
@@ -202,7 +222,7 @@ class KnowledgeEvolution:
                 g, self.generations, stream_seed(self.seed, g, "train"), generator, self.masks,
                 gen_dir,
             )  # fmt: skip
-            if gen_dir is not None:
+            if gen_dir is not None and _is_main():
                 gen_dir.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
             out = self.train_fn(self.model, ctx)
@@ -211,6 +231,8 @@ class KnowledgeEvolution:
             record.update(reinit_seconds=reinit_seconds, train_seconds=train_seconds)
             record["train"] = dict(out or {})
             self.history.append(record)
+            if self.on_generation is not None:
+                self.on_generation(record)
             if gen_dir is not None and _is_main():
                 self._save(gen_dir / "final.pt")
                 write_history(self.run_dir, self.history)

@@ -1,4 +1,4 @@
-"""Channel layouts of an unmodified model, found by tracing it with torch.fx (spec §2.4).
+"""Channel layouts of an unmodified model, found by tracing it with torch.fx.
 
 Every tensor in the traced graph gets a *layout*: its channel count and the set of channels the
 fit hypothesis keeps. Convolutions and linears choose their kept output rows (a callback: prefix

@@ -1,4 +1,4 @@
-"""Fit/reset masks: KELS (kernel-level, graph-derived) and WELS (weight-level), spec §2."""
+"""Fit/reset masks: KELS (kernel-level, graph-derived) and WELS (weight-level)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ _SAMPLING = ("exact", "bernoulli")
 
 
 def keep(channels: int, rate: float, multiple: int = 1) -> int:
-    """Kept count ceil(C·sr − 1e-9) (§2.1), rounded up to a multiple of `multiple`, capped at C.
+    """Kept count ceil(C·sr − 1e-9), rounded up to a multiple of `multiple`, capped at C.
 
     The 1e-9 only removes float artefacts (0.07·100 = 7.000000000000001 keeps 7); any rate > 0
     keeps at least one.
@@ -97,7 +97,7 @@ def split(
     channel_multiple: int = 1,
     example_input: torch.Tensor | None = None,
 ) -> Masks:
-    """Masks (True = fit hypothesis H△) for every conv/linear weight of `model` (spec §3.1).
+    """Masks (True = fit hypothesis H△) for every conv/linear weight of `model`.
 
     KELS: kernel-level rows × cols prefixes found from the traced graph (stem keeps all inputs,
     output layers keep all rows, residual adds share prefixes, concatenations keep per-segment

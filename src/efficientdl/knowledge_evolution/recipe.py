@@ -1,4 +1,5 @@
-"""The KE training recipe (spec §4): config, schedule, losses, and a resumable train function."""
+"""The KE training recipe of the paper: config, schedule, losses, and a resumable train function
+(also under torchrun: see `knowledge_evolution.distributed`)."""
 
 from __future__ import annotations
 
@@ -8,24 +9,42 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from efficientdl.core import MetricsLogger, load_checkpoint, rng_state, save_checkpoint
+from efficientdl.core import (
+    ConfigError,
+    LossGuard,
+    MetricsLogger,
+    derive_seed,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+)
 from efficientdl.core import set_rng_state as restore_rng
+from efficientdl.core.log import get_logger
 from efficientdl.data.subsets import random_shift
+from efficientdl.knowledge_evolution.distributed import (
+    all_reduce_gradients,
+    current_context,
+    shard_loss,
+    synced_batchnorm,
+)
 
 TRAIN_CHECKPOINT = "train.pt"
+
+log = get_logger("ke")
 
 
 @dataclass
 class KEConfig:
     """One KE experiment (YAML + `--set key=value`). `recipe='paper'` is the official recipe
-    (§4.1: E=200, G=10); `recipe='small'` the small-data preset (§4.4: G=5, E so that a
-    generation is ≈`steps_per_generation` SGD steps). `arm`: 'ke' (G generations with re-init),
-    'long' (the compute-matched baseline: one run of G·E epochs), 'restarts' (G × E with LR
-    restarts and a fresh optimizer but no re-init: split rate 1)."""
+    (E=200 epochs per generation, G=10 generations); `recipe='small'` the small-data preset
+    (G=5, E so that a generation is ≈`steps_per_generation` SGD steps). `arm`: 'ke' (G
+    generations with re-init), 'long' (the compute-matched baseline: one run of G·E epochs),
+    'restarts' (G × E with LR restarts and a fresh optimizer but no re-init: split rate 1)."""
 
     name: str = "ke"
     recipe: Literal["paper", "small"] = "paper"
@@ -75,13 +94,13 @@ class KEConfig:
         for key in positive + ("generations", "epochs", "per_class", "keep", "threads", "width"):
             value = getattr(self, key)
             if value is not None and value < 1:
-                raise ValueError(f"config key '{key}' must be ≥ 1, got {value!r}")
+                raise ConfigError(f"config key '{key}' must be ≥ 1, got {value!r}")
         if not 0 < self.split_rate <= 1:
-            raise ValueError(f"config key 'split_rate' must be in (0, 1], got {self.split_rate}")
+            raise ConfigError(f"config key 'split_rate' must be in (0, 1], got {self.split_rate}")
         for key in ("lr", "weight_decay", "momentum", "label_smoothing", "warmup_epochs",
                     "crop_padding", "probe_size", "checkpoint_seconds"):  # fmt: skip
             if getattr(self, key) < 0:
-                raise ValueError(f"config key '{key}' must be ≥ 0, got {getattr(self, key)!r}")
+                raise ConfigError(f"config key '{key}' must be ≥ 0, got {getattr(self, key)!r}")
         return self
 
     def resolved_generations(self) -> int:
@@ -100,7 +119,7 @@ class KEConfig:
 
 
 def lr_at(epoch: int, *, epochs: int, lr: float, warmup: int = 5) -> float:
-    """Per-epoch LR (§4.1), restarted every generation: η·(e+1)/W for e < W, then
+    """Per-epoch LR of the official recipe, restarted every generation: η·(e+1)/W for e < W, then
     ½(1 + cos(π(e − W)/(E − W)))·η."""
     if epoch < warmup:
         return lr * (epoch + 1) / warmup
@@ -116,7 +135,7 @@ def cskd_loss(
     weight: float = 3.0,
     label_smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """Class-wise self-knowledge distillation (Yun et al. 2020; §4.2):
+    """Class-wise self-knowledge distillation (Yun et al. 2020, the paper's CS-KD variant):
     CE(z, y) + λ·T²·Σ_k q_k(log q_k − log p_k)/B with p = softmax(z/T), q = softmax(z'/T) and the
     partner logits z' treated as constants."""
     ce = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
@@ -153,8 +172,8 @@ def make_optimizer(model: nn.Module, config: KEConfig) -> torch.optim.SGD:
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The generator for one epoch's order, crops and CS-KD partners."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7_919) % (2**63 - 1))
+    """The generator for one epoch's order, crops and CS-KD partners (`derive_seed`)."""
+    return torch.Generator().manual_seed(derive_seed(seed, "epoch", epoch))
 
 
 def _batches(n: int, batch_size: int, perm: torch.Tensor) -> list[torch.Tensor]:
@@ -164,26 +183,49 @@ def _batches(n: int, batch_size: int, perm: torch.Tensor) -> list[torch.Tensor]:
 
 
 class RecipeTrainer:
-    """`train_fn(model, ctx)` for the driver: E epochs of the §4 recipe with a fresh SGD and a
+    """`train_fn(model, ctx)` for the driver: E epochs of the recipe with a fresh SGD and a
     warm-up + cosine LR schedule from epoch 0, atomic checkpoints in `ctx.dir` (every
     `checkpoint_seconds`, and after the last epoch) and per-epoch metrics (metrics.csv); with a
-    `val_set`, its accuracy every `val_every` epochs and after the last."""
+    `val_set`, its accuracy every `val_every` epochs and after the last.
 
-    def __init__(self, config: KEConfig, train_set, *, epochs: int, device, val_set=None) -> None:
+    Every batch's training loss (the global batch's under torchrun) goes through one
+    `LossGuard('ke')` (per trainer, i.e. per run session) before the update is applied, so a
+    diverging run stops with `DivergenceError` naming the generation, epoch and step, and the
+    last good checkpoint (of an earlier epoch) is kept.
+    `on_epoch(ctx, record)`, if given, sees every epoch's record (TensorBoard scalars).
+
+    Under torchrun (an initialised process group) each rank trains on its shard of every global
+    batch, with global-batch BatchNorm statistics and summed gradients, so that the update is the
+    one a single process makes on the global batch (`knowledge_evolution.distributed`); only rank
+    0 writes checkpoints and metrics."""
+
+    def __init__(
+        self, config: KEConfig, train_set, *, epochs: int, device, val_set=None, on_epoch=None
+    ) -> None:
         self.config, self.train_set, self.epochs = config, train_set, epochs
         self.val_fn = accuracy_fn(val_set, device=device) if val_set is not None else None
         self.device = torch.device(device)
         self.fill = float(train_set.images.min())
+        self.guard = LossGuard("ke")
+        self.on_epoch = on_epoch
 
-    def _loss(self, model, x, y, idx, gen) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss(self, model, x, y, idx, gen, mine) -> tuple[torch.Tensor, torch.Tensor]:
+        """(this shard's mean loss, its logits); `mine` selects the shard of the global batch
+        (everything random is drawn for the whole batch first)."""
         cfg = self.config
+        partner_x = None
+        if cfg.cskd:
+            partners = class_partners(self.train_set.labels, idx, gen)
+            partner_x = self._inputs(partners, gen)[mine]
         logits = model(x)
-        if not cfg.cskd:
+        if partner_x is None:
+            if len(y) == 0:
+                return logits.sum() * 0.0, logits
             return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing), logits
-        partners = class_partners(self.train_set.labels, idx, gen)
-        xp = self._inputs(partners, gen)
         with torch.no_grad():
-            partner_logits = model(xp)
+            partner_logits = model(partner_x)
+        if len(y) == 0:
+            return logits.sum() * 0.0, logits
         loss = cskd_loss(logits, partner_logits, y, temperature=cfg.cskd_temperature,
                          weight=cfg.cskd_weight, label_smoothing=cfg.label_smoothing)  # fmt: skip
         return loss, logits
@@ -194,10 +236,16 @@ class RecipeTrainer:
         return x.to(self.device)
 
     def __call__(self, model: nn.Module, ctx) -> dict:
+        dist_ctx = current_context()
+        with synced_batchnorm(model, dist_ctx):
+            return self._train(model, ctx, dist_ctx)
+
+    def _train(self, model: nn.Module, ctx, dist_ctx) -> dict:
         cfg = self.config
+        main = dist_ctx.is_main
         optimizer = make_optimizer(model, cfg)
         path = ctx.dir / TRAIN_CHECKPOINT if ctx.dir is not None else None
-        logger = MetricsLogger(ctx.dir, enabled=ctx.dir is not None) if ctx.dir else None
+        logger = MetricsLogger(ctx.dir, enabled=main) if ctx.dir else None
         start = 0
         if path is not None and path.exists():
             state = load_checkpoint(path, map_location=self.device)
@@ -206,11 +254,13 @@ class RecipeTrainer:
             restore_rng(state["rng"])
             start = state["epoch"]
             logger.truncate(start)
+            log.info("generation %d resumes after epoch %d of %d", ctx.index, start, self.epochs)
         last_save = time.monotonic()
         n = len(self.train_set)
+        mine = slice(dist_ctx.rank, None, dist_ctx.world_size)
         record: dict = {}
         bar = tqdm(range(start, self.epochs), desc=f"generation {ctx.index}/{ctx.generations}",
-                   leave=False, disable=not cfg.progress)  # fmt: skip
+                   leave=False, disable=not (cfg.progress and main))  # fmt: skip
         for epoch in bar:
             lr = lr_at(epoch, epochs=self.epochs, lr=cfg.lr, warmup=cfg.warmup_epochs)
             for group in optimizer.param_groups:
@@ -218,20 +268,24 @@ class RecipeTrainer:
             gen = epoch_generator(ctx.seed, epoch)
             model.train()
             sums = torch.zeros(3, dtype=torch.float64)
-            for idx in _batches(n, cfg.batch_size, torch.randperm(n, generator=gen)):
-                x = self._inputs(idx, gen)
-                y = self.train_set.labels[idx].to(self.device)
-                loss, logits = self._loss(model, x, y, idx, gen)
+            batches = _batches(n, cfg.batch_size, torch.randperm(n, generator=gen))
+            for step, idx in enumerate(batches):
+                x = self._inputs(idx, gen)[mine]
+                y = self.train_set.labels[idx][mine].to(self.device)
+                loss, logits = self._loss(model, x, y, idx, gen, mine)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                sums += torch.tensor([loss.item() * len(y), (logits.argmax(1) == y).sum().item(),
+                shard_loss(loss, logits, len(y), len(idx)).backward()
+                all_reduce_gradients(model, dist_ctx)
+                batch = torch.tensor([loss.item() * len(y), (logits.argmax(1) == y).sum().item(),
                                       len(y)], dtype=torch.float64)  # fmt: skip
-            if not math.isfinite(sums[0].item()):
-                raise FloatingPointError(
-                    f"training loss became {sums[0].item()} in generation {ctx.index}, epoch "
-                    f"{epoch + 1}; lower lr (now {lr}) or check the inputs"
-                )
+                if dist_ctx.enabled:  # the global batch's loss: every rank stops alike
+                    batch = batch.to(self.device)  # NCCL reduces device tensors only
+                    dist.all_reduce(batch)
+                    batch = batch.cpu()
+                self.guard.check((batch[0] / batch[2]).item(), generation=ctx.index,
+                                 epoch=epoch + 1, step=step + 1)  # fmt: skip
+                optimizer.step()
+                sums += batch
             record = {"epoch": epoch + 1, "lr": lr, "train_loss": (sums[0] / sums[2]).item(),
                       "train_accuracy": (sums[1] / sums[2]).item()}  # fmt: skip
             if self.val_fn is not None and ((epoch + 1) % cfg.val_every == 0
@@ -239,10 +293,12 @@ class RecipeTrainer:
                 model.eval()
                 with torch.no_grad():
                     record["val_accuracy"] = self.val_fn(model)["accuracy"]
+            if self.on_epoch is not None:
+                self.on_epoch(ctx, record)
             if logger is not None:
                 logger.log(record)
                 due = time.monotonic() - last_save >= cfg.checkpoint_seconds
-                if due or epoch + 1 == self.epochs:
+                if main and (due or epoch + 1 == self.epochs):
                     save_checkpoint(path, {"model": model.state_dict(), "epoch": epoch + 1,
                                            "optimizer": optimizer.state_dict(),
                                            "rng": rng_state()})  # fmt: skip
@@ -253,13 +309,15 @@ class RecipeTrainer:
 
 
 def recipe_train_fn(
-    recipe: KEConfig, train_set, *, device, val_set=None, epochs: int | None = None
+    recipe: KEConfig, train_set, *, device, val_set=None, epochs: int | None = None, on_epoch=None
 ) -> RecipeTrainer:
-    """The driver's `train_fn` for the §4 recipe `recipe` on `train_set` (see `RecipeTrainer`);
+    """The driver's `train_fn` for the recipe `recipe` on `train_set` (see `RecipeTrainer`);
     `epochs` overrides the recipe's E (the compute-matched arm trains G·E)."""
     recipe.validate()
     epochs = epochs or recipe.resolved_epochs(len(train_set))
-    return RecipeTrainer(recipe, train_set, epochs=epochs, device=device, val_set=val_set)
+    return RecipeTrainer(
+        recipe, train_set, epochs=epochs, device=device, val_set=val_set, on_epoch=on_epoch
+    )
 
 
 def accuracy_fn(test_set, *, device, batch_size: int = 1000):

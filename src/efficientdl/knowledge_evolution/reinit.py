@@ -1,4 +1,4 @@
-"""Re-drawing the reset hypothesis (spec §1.2, §3.2) and the generation-1 initialisation."""
+"""Re-drawing the reset hypothesis and the generation-1 initialisation."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def reinitialize(
     generator: torch.Generator | None = None,
     reset_bn: bool = False,
 ) -> None:
-    """Re-draw the reset hypothesis in place: p ← where(M, p, R) for each masked p (spec §3.2).
+    """Re-draw the reset hypothesis in place: p ← where(M, p, R) for each masked p.
 
     R has p's full shape, is drawn as float32 on CPU from `generator` (global CPU RNG if None)
     in parameter order, so values are independent of the mask and equal on CPU and GPU. Fit
@@ -109,7 +109,7 @@ def _bn_reset_channels(model: nn.Module, masks: Masks) -> dict[str, torch.Tensor
 def init_weights(
     model: nn.Module, *, scheme: str = "kaiming_normal", generator: torch.Generator | None = None
 ) -> None:
-    """The official generation-1 init (spec §1.2): kaiming_normal(fan_in, relu), i.e.
+    """The official generation-1 init: kaiming_normal(fan_in, relu), i.e.
     N(0, 2/fan_in), on every conv and linear weight; BN γ=1, β=0; biases keep PyTorch's default.
     `scheme='kaiming_uniform'` draws U(±√(6/fan_in)) instead."""
     if scheme not in ("kaiming_normal", "kaiming_uniform"):

@@ -8,11 +8,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 NETS = ("dense", "fit", "reset")
 
 
@@ -56,6 +51,11 @@ def plot_generations(
     history: list[dict[str, Any]], path: str | Path, *, metric: str = "accuracy", title: str = ""
 ) -> Path:
     """Metric of the dense, fit (slim) and reset nets against generation (numbered from 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     styles = {"dense": "o-", "fit": "s-", "reset": "^--"}

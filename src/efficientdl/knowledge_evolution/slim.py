@@ -1,4 +1,4 @@
-"""Cutting the fit hypothesis of KELS masks out as a physically thinner network (spec §3.3)."""
+"""Cutting the fit hypothesis of KELS masks out as a physically thinner network."""
 
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
 def extract_slim(
     model: nn.Module, masks: Masks, *, example_input: torch.Tensor | None = None
 ) -> nn.Module:
-    """The fit hypothesis of KELS `masks` as a thinner deep copy of `model` (spec §3.3).
+    """The fit hypothesis of KELS `masks` as a thinner deep copy of `model`.
 
     Each conv/linear becomes a module of the same class and hyper-parameters with in = |cols|,
     out = |rows| (depthwise: groups = |rows|); each BatchNorm/InstanceNorm keeps its gathered

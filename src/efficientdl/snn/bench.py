@@ -1,4 +1,4 @@
-"""TSSL-BP training-step speed vs the ANN floor, measured side by side in one run (issue 4).
+"""TSSL-BP training-step speed vs the ANN floor, measured side by side in one run.
 
 For each paper network: one full step (forward, kernel/count loss, backward, clip, AdamW, clamp) of
 our network with the fused backend, the same with the torch reference backend, and the "floor":
@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from efficientdl.core.config import add_config_args, load_config
+from efficientdl.core.config import add_config_args, config_from_args
+from efficientdl.core.errors import ConfigError
 from efficientdl.snn import SpikingConv2d, SpikingDropout, SpikingLinear, SumPool2d, tsslbp
 from efficientdl.snn.models import TSSLBPRecipe, build, list_models, recipe
 from efficientdl.snn.train import compute_loss, make_optimizer, train_step
@@ -156,7 +157,7 @@ def _floor_forward(model, x, y, r, T):
 
 def bench_network(name, device, batch, warmup, iters, r=None):
     """Times of our step (fused, torch) and the floor for one network, trained with recipe `r`
-    (default: the spec's recipe of `name`)."""
+    (default: the paper's recipe of `name`)."""
     torch.manual_seed(0)
     shape = INPUT[name]
     if r is None:
@@ -214,7 +215,7 @@ def _triple(row, kind):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's options (shared by benchmarks/snn_speed.py and `efficientdl snn bench`)."""
     add_config_args(
-        parser, example="configs/snn/fmnist_cnn.yaml (times that recipe's network)", required=False
+        parser, method="snn", example="fmnist_cnn (times that recipe's network)", required=False
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
@@ -242,10 +243,10 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     r = None
     if args.config is not None:
-        r = load_config(TSSLBPRecipe, args.config, args.overrides).validate()
+        r = config_from_args(TSSLBPRecipe, args).validate()
         nets, args.batch = [r.model], r.batch_size
     elif args.overrides:
-        raise ValueError("--set needs --config (the recipe to override)")
+        raise ConfigError("--set needs --config (the recipe to override)")
     elif args.nets in (None, "") and device.type == "cpu":
         nets = ["mnist_cnn", "fmnist_cnn"]
     elif args.nets in (None, "", "all"):

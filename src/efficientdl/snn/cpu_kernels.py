@@ -1,6 +1,6 @@
 """Fused CPU kernels for the TSSL-BP neuron: plain C (OpenMP), compiled once per machine with the
 system C compiler into the cache and called through ctypes. T is a runtime argument, so one build
-serves every network. The forward uses the canonical arithmetic of spec §1.1 without FMA
+serves every network. The forward uses the canonical LIF arithmetic of the reference without FMA
 contraction (`-ffp-contract=off`), so it is bit-equal to the torch reference.
 
 Per neuron block the recurrence over T runs with v, a (forward) and G, h (backward) in registers;
@@ -221,7 +221,7 @@ _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 
 def forward(current: torch.Tensor, r_m: float, r_s: float, th: float):
-    """Fused §1.1 on a contiguous [T, M] CPU tensor → (trace, membrane)."""
+    """Fused LIF forward on a contiguous [T, M] CPU tensor → (trace, membrane)."""
     T, M = current.shape
     trace, membrane = torch.empty_like(current), torch.empty_like(current)
     getattr(library(), f"tsslbp_forward_{_SUFFIX[current.dtype]}")(
@@ -239,7 +239,8 @@ def forward(current: torch.Tensor, r_m: float, r_s: float, th: float):
 
 
 def backward(grad: torch.Tensor, membrane: torch.Tensor, c: dict, warmup: bool, intra: bool):
-    """Fused §2.1 (B1-B4) on contiguous [T, M] CPU tensors → ∂L/∂I (`c` as `_constants`)."""
+    """Fused TSSL-BP backward (B1-B4 of `functional.tsslbp_backward`) on contiguous [T, M] CPU
+    tensors → ∂L/∂I (`c` as `_constants`)."""
     T, M = membrane.shape
     out = torch.empty_like(membrane)
     getattr(library(), f"tsslbp_backward_{_SUFFIX[membrane.dtype]}")(

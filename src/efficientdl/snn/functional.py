@@ -1,7 +1,7 @@
-"""TSSL-BP functional core: PSP filter, LIF neuron forward and the TSSL-BP backward (spec §1-§2).
+"""TSSL-BP functional core: PSP filter, LIF neuron forward and the TSSL-BP backward.
 
 Layout is time-first `[T, N, ...]`. All recurrences loop over T in Python and are vectorised over
-neurons (the 'torch' reference backend). Arithmetic follows the spec's canonical form so that any
+neurons (the 'torch' reference backend). Arithmetic follows one canonical form so that any
 fused backend can be bit-equal: reciprocals rounded once to the compute dtype, one rounding per op.
 """
 
@@ -44,14 +44,14 @@ def _const(value: float, like: torch.Tensor) -> torch.Tensor:
 
 
 def kernel_weights(T: int, tau_s: float, *, dtype=torch.float64, device=None) -> torch.Tensor:
-    """The discrete PSP kernel κ[k] = λs^k / τs for k = 0..T-1 (spec §1.1; Σ_k κ[k] → 1)."""
+    """The discrete PSP kernel κ[k] = λs^k / τs for k = 0..T-1 (Σ_k κ[k] → 1)."""
     lam = 1.0 - 1.0 / tau_s
     k = torch.arange(T, dtype=torch.float64)
     return (lam**k / tau_s).to(dtype=dtype, device=device)
 
 
 def psp(x: torch.Tensor, tau_s: float) -> torch.Tensor:
-    """Synaptic filter y[t] = y[t-1] + (x[t] - y[t-1])/τs = λs·y[t-1] + x[t]/τs on dim 0 (§1.2)."""
+    """Synaptic filter y[t] = y[t-1] + (x[t] - y[t-1])/τs = λs·y[t-1] + x[t]/τs on dim 0."""
     _check_params(x, tau_m=None, tau_s=tau_s)
     r_s = _const(1.0 / tau_s, x)
     y = torch.zeros_like(x[0])
@@ -63,12 +63,12 @@ def psp(x: torch.Tensor, tau_s: float) -> torch.Tensor:
 
 
 def static_encoding_factors(T: int, tau_s: float, *, dtype=torch.float32, device=None):
-    """c[t] = psp(ones)[t] = 1 - λs^(t+1): layer 1 sees c[t]·x for a static image (§1.2)."""
+    """c[t] = psp(ones)[t] = 1 - λs^(t+1): layer 1 sees c[t]·x for a static image."""
     return psp(torch.ones(T, dtype=dtype, device=device), tau_s)
 
 
 def lif_states(current: torch.Tensor, *, tau_m: float, tau_s: float, threshold: float) -> LIFStates:
-    """Run the discrete LIF neuron (§1.1) without grad: trace a, spikes s and pre-reset u."""
+    """Run the discrete LIF neuron without grad: trace a, spikes s and pre-reset u."""
     _check_params(current, tau_m=tau_m, tau_s=tau_s, threshold=threshold)
     with torch.no_grad():
         r_m, r_s = _const(1.0 / tau_m, current), _const(1.0 / tau_s, current)
@@ -109,7 +109,7 @@ def tsslbp_backward(
     max_inv_du: float = 8.0,
     intra_neuron: bool = True,
 ) -> torch.Tensor:
-    """∂L/∂I from ∂L/∂a and the saved pre-reset membrane u (spec §2.1, equations B1-B4).
+    """∂L/∂I from ∂L/∂a and the saved pre-reset membrane u (TSSL-BP backward, steps B1-B4).
 
     s = u > V_th, v = u·(1−s), du[t] = u[t] − v[t−1] and the trace a are recomputed from u.
     B1: G[t] = δ[t]/τs + λs·G[t+1]. B2: ρ = min(1/du, c_du) at spikes.
@@ -269,7 +269,7 @@ def tsslbp(
     intra_neuron: bool = True,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """LIF layer: current [T, N, ...] → output PSP trace, differentiable with TSSL-BP (§2.1)."""
+    """LIF layer: current [T, N, ...] → output PSP trace, differentiable with TSSL-BP."""
     _check_params(current, tau_m=tau_m, tau_s=tau_s, threshold=threshold)
     if not surrogate_width > 0:
         raise ValueError(f"surrogate_width must be > 0, got {surrogate_width}")
@@ -295,7 +295,7 @@ def tsslbp(
     return _TSSLBP.apply(current, params, options)
 
 
-# Re-exported for the functional API of spec §4.1 (defined in losses, which uses psp above).
+# Re-exported so the functional API is one module (defined in losses, which uses psp above).
 from efficientdl.snn.losses import count_loss, kernel_loss, kernel_target, predict  # noqa: E402
 
 __all__ = [

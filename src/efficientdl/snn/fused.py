@@ -14,7 +14,7 @@ import torch
 
 
 def forward_recurrence(current, r_m, r_s, th):
-    """§1.1 on [T, M]: returns trace a and pre-reset membrane u (unrolled over T)."""
+    """LIF forward on [T, M]: returns trace a and pre-reset membrane u (unrolled over T)."""
     v = torch.zeros_like(current[0])
     a = torch.zeros_like(current[0])
     traces, membranes = [], []
@@ -30,7 +30,8 @@ def forward_recurrence(current, r_m, r_s, th):
 
 
 def backward_recurrence(grad_trace, membrane, c: dict, warmup_surrogate: bool, intra_neuron: bool):
-    """§2.1 (B1-B4) on [T, M] from the saved membrane u (unrolled over T); `c` as `_constants`."""
+    """TSSL-BP backward (B1-B4 of `functional.tsslbp_backward`) on [T, M] from the saved
+    membrane u (unrolled over T); `c` as `_constants`."""
     T = membrane.shape[0]
     th = c["th"]
     spikes = [membrane[t] > th for t in range(T)]

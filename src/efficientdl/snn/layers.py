@@ -1,4 +1,4 @@
-"""Spiking layers in the `[T, N, ...]` layout (spec §1.3): T is folded into the batch for every
+"""Spiking layers in the `[T, N, ...]` layout: T is folded into the batch for every
 convolution, linear, pooling and dropout, and the neuron runs the recurrence over T."""
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ class SpikingLinear(_SpikingSynapse):
 
 
 class SumPool2d(nn.Module):
-    """Non-spiking k×k sum pooling × `scale` on the trace (§1.3; 2×2 × 1.1 = 4.4 × avg pool)."""
+    """Non-spiking k×k sum pooling × `scale` on the trace (2×2 × 1.1 = 4.4 × avg pool)."""
 
     def __init__(self, kernel_size: int = 2, *, scale: float = 1.1):
         super().__init__()
@@ -217,7 +217,7 @@ class SumPool2d(nn.Module):
 
 
 class SpikingDropout(nn.Module):
-    """Dropout with one mask per sample and neuron shared by all T steps (spec §1.3).
+    """Dropout with one mask per sample and neuron shared by all T steps.
 
     `mask='row'` reproduces the 2020 official behaviour on conv traces: one mask per (sample,
     channel, row), zeroing whole rows. Identity in eval mode.
@@ -245,7 +245,7 @@ class SpikingDropout(nn.Module):
 
 
 class PSPEncoder(nn.Module):
-    """Input encoding (§1.2): static [N, ...] repeated T times (T given) or [T, N, ...]; psp."""
+    """Input encoding: static [N, ...] repeated T times (T given) or [T, N, ...]; psp."""
 
     def __init__(self, tau_s: float, T: int | None = None):
         super().__init__()

@@ -1,4 +1,4 @@
-"""Kernel loss, count loss and readout for output traces `[T, N, K]` (spec §3)."""
+"""Kernel loss, count loss and readout for output traces `[T, N, K]`."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def kernel_target(
     target_filter_passes: int = 2,
     dtype=torch.float32,
 ) -> torch.Tensor:
-    """Desired trace [T, N, K]: the filtered spike pattern for the true class, 0 elsewhere (§3)."""
+    """Desired trace [T, N, K]: the filtered spike pattern for the true class, 0 elsewhere."""
     if target_filter_passes not in (1, 2):
         raise ValueError(f"target_filter_passes must be 1 or 2, got {target_filter_passes}")
     key = pattern if isinstance(pattern, str) else tuple(int(b) for b in pattern)
@@ -79,7 +79,7 @@ def kernel_loss(
     target_filter_passes: int = 2,
     reduction: str = "sum",
 ) -> torch.Tensor:
-    """L = ½ Σ_{t,n,k} (out − target)², sum-reduced like the official code (§3)."""
+    """L = ½ Σ_{t,n,k} (out − target)², sum-reduced like the official code."""
     _check_output(output, labels)
     target = kernel_target(
         labels,
@@ -101,7 +101,7 @@ def count_loss(
     undesired: float,
     reduction: str = "sum",
 ) -> torch.Tensor:
-    """One-sided count loss (§3): d = (Σ_t out − y)/T clipped per class, L = ½·T·Σ d²."""
+    """One-sided count loss: d = (Σ_t out − y)/T clipped per class, L = ½·T·Σ d²."""
     _check_output(output, labels)
     T, _, K = output.shape
     count = output.sum(0)

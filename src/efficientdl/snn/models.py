@@ -1,4 +1,5 @@
-"""Registry of the paper's spiking networks (spec §4.3) and their training recipes (spec §5)."""
+"""Registry of the paper's spiking networks and their training recipes (TSSL-BP, Zhang & Li,
+NeurIPS 2020, and its official code)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from efficientdl.core.errors import ConfigError
+from efficientdl.snn.functional import BACKENDS
 from efficientdl.snn.layers import (
     NEURON_OPTIONS,
     PSPEncoder,
@@ -54,10 +57,10 @@ def build(name: str, **overrides) -> SpikingNetwork:
     """Build registry network `name`; `overrides` may set T, tau_m, tau_s, threshold, backend,
     TSSL-BP options, dropout (p), dropout_mask and fold_static_input."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
+        raise ConfigError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
     unknown = sorted(set(overrides) - set(BUILD_KEYS))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"unknown override {unknown[0]!r} for build(); known: {', '.join(BUILD_KEYS)}"
         )
     opts = {
@@ -74,8 +77,8 @@ def build(name: str, **overrides) -> SpikingNetwork:
     opts.update(overrides)
     neuron = {k: opts[k] for k in ("tau_m", "tau_s", "threshold", "backend")}
     neuron.update({k: opts[k] for k in NEURON_OPTIONS if k in opts})
-    spec = _LayerFactory(neuron, opts["dropout"], opts["dropout_mask"])
-    layers, static = _REGISTRY[name](spec)
+    factory = _LayerFactory(neuron, opts["dropout"], opts["dropout_mask"])
+    layers, static = _REGISTRY[name](factory)
     encoder = PSPEncoder(opts["tau_s"], T=opts["T"] if static else None)
     return SpikingNetwork(encoder, layers, fold_static_input=opts["fold_static_input"])
 
@@ -180,7 +183,7 @@ def _cifar10_cnn2(f: _LayerFactory):
 
 @dataclass
 class TSSLBPRecipe:
-    """One TSSL-BP experiment (spec §5): model, data, neuron, loss, optimiser and run settings."""
+    """One TSSL-BP experiment: model, data, neuron, loss, optimiser and run settings."""
 
     model: str = "mnist_cnn"
     dataset: str = "mnist"
@@ -236,22 +239,40 @@ class TSSLBPRecipe:
         return {k: getattr(self, k) for k in keys}
 
     def validate(self) -> TSSLBPRecipe:
-        """Raise ValueError naming the first bad field."""
+        """Raise ConfigError (a ValueError) naming the first bad field."""
         if self.model not in _REGISTRY:
-            raise ValueError(
+            raise ConfigError(
                 f"model: unknown {self.model!r}; registered: {', '.join(list_models())}"
             )
         if self.loss not in ("kernel", "count"):
-            raise ValueError(f"loss: expected 'kernel' or 'count', got {self.loss!r}")
-        for key in ("T", "batch_size", "epochs"):
+            raise ConfigError(f"loss: expected 'kernel' or 'count', got {self.loss!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend: expected one of {list(BACKENDS)}, got {self.backend!r}")
+        if self.dropout_mask not in ("neuron", "row"):
+            raise ConfigError(
+                f"dropout_mask: expected 'neuron' or 'row', got {self.dropout_mask!r}"
+            )
+        for key in ("T", "batch_size", "epochs", "checkpoint_every"):
             if getattr(self, key) < 1:
-                raise ValueError(f"{key}: expected >= 1, got {getattr(self, key)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr: expected > 0, got {self.lr}")
+                raise ConfigError(f"{key}: expected >= 1, got {getattr(self, key)}")
+        for key in ("tau_m", "tau_s"):
+            if not getattr(self, key) > 1:
+                raise ConfigError(f"{key}: expected > 1, got {getattr(self, key)}")
+        for key in ("lr", "threshold", "max_inv_du"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{key}: expected > 0, got {getattr(self, key)}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout: expected a probability in [0, 1), got {self.dropout}")
+        if self.target_filter_passes not in (1, 2):
+            raise ConfigError(
+                f"target_filter_passes: expected 1 or 2, got {self.target_filter_passes}"
+            )
         for key in ("train_subset", "test_subset"):
             value = getattr(self, key)
             if value is not None and value < 1:
-                raise ValueError(f"{key}: expected >= 1 or null, got {value}")
+                raise ConfigError(f"{key}: expected >= 1 or null, got {value}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads: expected >= 1 or null, got {self.threads}")
         return self
 
 
@@ -285,11 +306,11 @@ _RECIPES = {
 
 
 def recipe(name: str, **overrides) -> TSSLBPRecipe:
-    """The spec's training recipe `name` (§5) with field overrides."""
+    """The paper's training recipe `name` with field overrides."""
     if name not in _RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(sorted(_RECIPES))}")
+        raise ConfigError(f"unknown recipe {name!r}; known: {', '.join(sorted(_RECIPES))}")
     fields = {f.name for f in dataclasses.fields(TSSLBPRecipe)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise ValueError(f"unknown recipe field {unknown[0]!r}")
+        raise ConfigError(f"unknown recipe field {unknown[0]!r}")
     return TSSLBPRecipe(**{**_RECIPES[name], **overrides}).validate()

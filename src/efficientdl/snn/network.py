@@ -10,7 +10,7 @@ from efficientdl.snn.layers import PSPEncoder, SpikingConv2d, SpikingLinear, TSS
 
 
 class SpikingNetwork(nn.Module):
-    """Encoder + layers; `fold_static_input` runs layer 1's weights once per static image (§1.2)."""
+    """Encoder + layers; `fold_static_input` runs layer 1's weights once per static image."""
 
     def __init__(self, encoder: PSPEncoder, layers, *, fold_static_input: bool = True):
         super().__init__()

@@ -1,4 +1,4 @@
-"""Firing statistics and synaptic operations (SynOps) of spiking networks (spec §4.5).
+"""Firing statistics and synaptic operations (SynOps) of spiking networks.
 
 `FiringMonitor` hooks into every `TSSLBPNeuron` of a model (through the neuron's `monitor`
 attribute, so it costs nothing while inactive) and accumulates, per spiking layer and on the
