@@ -55,3 +55,27 @@ def assert_one_error(proc, *fragments: str) -> str:
 def cli():
     """The `run_cli` helper as a fixture."""
     return run_cli
+
+
+def interrupt_when_exists(args, *, cwd: Path, pattern: str, timeout: float = 120):
+    """Start `python -m efficientdl.cli ARGS` in `cwd`, press Ctrl-C (SIGINT) as soon as a file
+    matching `pattern` (a glob under `cwd`) exists, and return (returncode, stdout, stderr)."""
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("EFFICIENTDL_DEBUG", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "efficientdl.cli", *map(str, args)],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout
+        while not list(Path(cwd).glob(pattern)):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()
+    return proc.returncode, out, err

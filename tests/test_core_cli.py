@@ -122,3 +122,21 @@ def test_a_malformed_set_value_and_an_unknown_recipe_are_one_line(tmp_path):
     line = assert_one_error(unknown, "--config digits_smal", "packaged:", "digits_small")
     assert "mnist_cnn" not in line  # only KE's own recipes
     assert files_under(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["snn", "train", "--bogus"], "unrecognized arguments: --bogus"),
+        (["adashare", "baseline"], "the following arguments are required: --name"),
+        (["ke", "bench", "--input-size", "abc"], "argument --input-size: invalid int value"),
+    ],
+)
+def test_command_line_mistakes_are_one_line(argv, fragment, capsys):
+    from efficientdl.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: efficientdl") and fragment in err[0], err

@@ -4,21 +4,16 @@ floats, Ctrl-C, TensorBoard scalars, one-line user errors and data-only checkpoi
 
 import json
 import math
-import os
 import re
 import shlex
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 import yaml
 
 from adashare_support import TINY, one_thread  # noqa: F401
-from conftest import assert_one_error, folder_md5, run_cli
+from conftest import assert_one_error, folder_md5, interrupt_when_exists, run_cli
 from efficientdl.adashare import loops, search
 from efficientdl.adashare.config import AdaShareConfig
 from efficientdl.adashare.trainer import AdaShareTrainer
@@ -234,21 +229,12 @@ def test_longer_search_continues_until_policies_are_drawn(tmp_path):
 def test_ctrl_c_names_the_command_that_continues(tmp_path):
     config = write_tiny(tmp_path, "train.warmup_iters=24", "train.total_iters=28",
                         "train.ckpt_every=2")  # fmt: skip
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("EFFICIENTDL_DEBUG", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "efficientdl.cli", "adashare", "pipeline", "--config", config,
-         "--quiet"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not list(tmp_path.glob("runs/adashare/*/warmup/checkpoint.pt")):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-3000:]
+    code, _, err = interrupt_when_exists(
+        ["adashare", "pipeline", "--config", config, "--quiet"],
+        cwd=tmp_path,
+        pattern="runs/adashare/*/warmup/checkpoint.pt",
+    )
+    assert code == 130, err[-3000:]
     assert "Traceback" not in err
     (line,) = [x for x in err.splitlines() if x.startswith("interrupted; continue with: ")]
     words = shlex.split(line.removeprefix("interrupted; continue with: "))

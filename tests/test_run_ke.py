@@ -6,19 +6,14 @@ divergence and user errors are one line, Ctrl-C prints the command that finishes
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import assert_one_error, folder_md5, run_cli
+from conftest import assert_one_error, folder_md5, interrupt_when_exists, run_cli
 from efficientdl.core import load_checkpoint
 from test_ke_recipe import write_digits
 
@@ -186,23 +181,12 @@ def test_user_errors_are_one_line(tmp_path, digits, capsys):
 
 def test_ctrl_c_names_the_command_that_finishes_the_run(tmp_path, digits):
     config = tiny(tmp_path, digits, generations=2, epochs=15)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("EFFICIENTDL_DEBUG", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "efficientdl.cli", "ke", "train", "--quiet", "--config",
-         str(config)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while not list(tmp_path.glob("runs/ke/tiny-*/gen_01/train.pt")):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err[-2000:]
+    code, out, err = interrupt_when_exists(
+        ["ke", "train", "--quiet", "--config", config],
+        cwd=tmp_path,
+        pattern="runs/ke/tiny-*/gen_01/train.pt",
+    )
+    assert code == 130, err[-2000:]
     assert "Traceback" not in err and out == ""
     found = re.search(r"^interrupted; continue with: (.*)$", err, re.M)
     assert found, err

@@ -9,17 +9,15 @@ import math
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import assert_one_error, folder_md5, run_cli
+from conftest import assert_one_error, folder_md5, interrupt_when_exists, run_cli
 from efficientdl.core import load_checkpoint
 from efficientdl.data import write_idx
 
@@ -200,23 +198,8 @@ def test_evaluate_without_a_checkpoint_is_one_line(tmp_path):
 
 def test_ctrl_c_names_the_command_that_continues_the_run(data_root, tmp_path):
     args = tiny(data_root, "--quiet", epochs=8, checkpoint_every=1)  # default runs/<name>-<time>
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("EFFICIENTDL_DEBUG", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "efficientdl.cli", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 120
-    while not list(tmp_path.glob("runs/*/checkpoint.pt")) and time.time() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-3000:]
+    code, _, err = interrupt_when_exists(args, cwd=tmp_path, pattern="runs/*/checkpoint.pt")
+    assert code == 130, err[-3000:]
     assert "Traceback" not in err
     (run,) = tmp_path.glob("runs/mnist_cnn-*")
     prefix = "interrupted; continue with: "

@@ -12,6 +12,7 @@ import os
 import shlex
 import sys
 
+from efficientdl.core.distributed import is_main_process
 from efficientdl.core.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -45,6 +46,15 @@ def _configs_command(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors as one `error: …` line (exit 2), like every user error;
+    sub-command parsers inherit the class."""
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
 def _leaf_parsers(parser: argparse.ArgumentParser):
     """Every parser of the tree that has no sub-commands of its own."""
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
@@ -73,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     from efficientdl.knowledge_evolution import cli as ke_cli
     from efficientdl.snn import cli as snn_cli
 
-    parser = argparse.ArgumentParser(prog="efficientdl", description=__doc__)
+    parser = _Parser(prog="efficientdl", description=__doc__)
     _add_verbosity(parser, "normal")
     sub = parser.add_subparsers(dest="command", required=True)
     data_parser = sub.add_parser("data", help="fetch or list datasets")
@@ -99,10 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _is_main_rank() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def resume_command(argv: list[str], run_dir=None) -> str:
     """The command line that continues an interrupted run: this one, with `--resume` (and
     `--run-dir RUN_DIR` when it had none, as when the run went to its default folder)."""
@@ -121,7 +127,7 @@ def main(argv=None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    configure(args.verbosity, is_main=_is_main_rank())
+    configure(args.verbosity, is_main=is_main_process())
     debug = os.environ.get("EFFICIENTDL_DEBUG", "") not in ("", "0")
     try:
         return args.func(args) or 0
@@ -133,7 +139,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
-        if _is_main_rank():
+        if is_main_process():
             if getattr(args, "resumable", False) and getattr(args, "run_dir", None):
                 command = resume_command(argv, run_dir=args.run_dir)
                 print(f"interrupted; continue with: {command}", file=sys.stderr)

@@ -153,7 +153,7 @@ def _run(args) -> int:
         return _evaluate(args)
     from efficientdl.adashare.config import ABLATIONS, BASELINES
     from efficientdl.adashare.trainer import AdaShareTrainer
-    from efficientdl.core.run import stored_run
+    from efficientdl.core.run import stored_config
 
     if args.resume and args.run_dir is None:
         raise RunFolderError("--resume needs --run-dir: the folder of the run to continue")
@@ -162,9 +162,8 @@ def _run(args) -> int:
             f"--name {args.name}: unknown baseline; expected one of {[*BASELINES, *ABLATIONS]}"
         )
     stored = None
-    if args.resume and args.config is None and Path(args.run_dir).is_dir():
-        record = stored_run(args.run_dir)
-        stored = record["config"] if record is not None else None
+    if args.resume and args.config is None:
+        stored = stored_config(args.run_dir, "adashare")
     cfg = load(args, stored=stored)
     num = cfg.sample.num
     if args.action == "retrain" and args.sample is not None and not 0 <= args.sample < num:

@@ -22,7 +22,7 @@ from efficientdl.adashare.metrics import (
     SegmentationMeter,
     delta_t,
 )
-from efficientdl.core.distributed import DistContext, all_reduce_sum
+from efficientdl.core.distributed import DistContext, all_reduce_gradients, all_reduce_sum
 from efficientdl.data.multitask import batches
 
 
@@ -82,25 +82,6 @@ def global_mean(value: torch.Tensor, ctx: DistContext) -> float:
     return float(total) / ctx.world_size
 
 
-def average_gradients(params: list[torch.nn.Parameter], ctx: DistContext) -> None:
-    """Replace each gradient by its mean over the ranks, in one flat all-reduce.
-
-    A missing gradient counts as zero on that rank (every rank sends the same layout, so none
-    waits for another); a parameter without a gradient on every rank keeps none, as it would in
-    one process (so Adam leaves it alone).
-    """
-    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-    present = [float(p.grad is not None) for p in params]
-    flat = torch.cat([grads[0].new_tensor(present)] + [g.reshape(-1) for g in grads])
-    all_reduce_sum(flat, ctx)
-    counts, values = flat[: len(params)].tolist(), flat[len(params) :]
-    parts = values.split([g.numel() for g in grads])
-    for p, grad, count, value in zip(params, grads, counts, parts):
-        if count:
-            p.grad = grad  # its own gradient, or the zeros sent for it (same memory format)
-            grad.copy_(value.view_as(grad)).div_(ctx.world_size)
-
-
 def broadcast_buffers(model: torch.nn.Module) -> None:
     """Give every rank rank 0's floating-point buffers (BN running statistics), in one broadcast:
     batch statistics stay local to each rank, as under DistributedDataParallel."""
@@ -115,17 +96,8 @@ def synchronise(model: torch.nn.Module, ctx: DistContext) -> None:
     """Between backward and the optimiser step under DDP: average the gradients of the trainable
     parameters and share rank 0's BN running statistics (no-op in one process)."""
     if ctx.enabled:
-        average_gradients([p for p in model.parameters() if p.requires_grad], ctx)
+        all_reduce_gradients([p for p in model.parameters() if p.requires_grad], ctx)
         broadcast_buffers(model)
-
-
-def share(obj, ctx: DistContext):
-    """Rank 0's `obj` (any picklable value) on every rank."""
-    if not ctx.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 @torch.no_grad()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -27,7 +26,6 @@ from efficientdl.adashare import loops
 from efficientdl.adashare.config import AdaShareConfig
 from efficientdl.adashare.datasets import augmenter, build_data
 from efficientdl.adashare.engine import evaluate as evaluate_split
-from efficientdl.adashare.engine import share
 from efficientdl.adashare.executor import TreeExecutor
 from efficientdl.adashare.model import AdaShareNet
 from efficientdl.adashare.policy import Policy
@@ -39,6 +37,7 @@ from efficientdl.core import (
     LossGuard,
     MetricsLogger,
     RunFolderError,
+    default_run_dir,
     init_distributed,
     load_checkpoint,
     open_run,
@@ -46,7 +45,7 @@ from efficientdl.core import (
     select_device,
     to_dict,
 )
-from efficientdl.core.distributed import shutdown
+from efficientdl.core.distributed import broadcast_object, shutdown
 from efficientdl.core.log import get_logger
 from efficientdl.core.run import CONFIG_FILE, RunFolder
 from efficientdl.core.tensorboard import Scalars, require_tensorboard
@@ -60,13 +59,6 @@ EXTENDS = ("train.total_iters", "baselines")
 pipeline's list of baselines (each baseline trains in its own folder)."""
 FREE = ("threads", "device", "progress", "out_dir")
 """Config keys that do not change results (`out_dir` only names the default run folder)."""
-
-
-def resolve_run_dir(out_dir: str, name: str, run_dir=None) -> Path:
-    """`run_dir`, or the default `<out_dir>/<name>-<date>-<time>` (not created here)."""
-    if run_dir is not None:
-        return Path(run_dir)
-    return Path(out_dir) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 class AdaShareTrainer:
@@ -104,7 +96,8 @@ class AdaShareTrainer:
         if tensorboard:
             require_tensorboard()
         torch.backends.cudnn.benchmark = self.cfg.perf.cudnn_benchmark
-        path = Path(self.on_main(resolve_run_dir, self.cfg.out_dir, self.cfg.name, run_dir))
+        default = default_run_dir(self.cfg.out_dir, self.cfg.name)
+        path = Path(run_dir) if run_dir is not None else broadcast_object(default, self.ctx)
         self.run = self._open(path, resume)
         self.run_dir = self.run.path
         try:
@@ -183,7 +176,7 @@ class AdaShareTrainer:
                 out = fn(*args, **kwargs)
             finally:
                 self.ctx = ctx
-        return share(out, ctx)
+        return broadcast_object(out, ctx)
 
     def emit(self, record: dict) -> None:
         for callback in self.callbacks:
@@ -240,7 +233,7 @@ class AdaShareTrainer:
             progress=self.cfg.progress and self.ctx.is_main,
             desc=split,
         )
-        return share(metrics, self.ctx)
+        return broadcast_object(metrics, self.ctx)
 
     def test(self, forward, spec, model) -> dict:
         """Final evaluation on the test split (the only place it is read)."""

@@ -21,7 +21,7 @@ from efficientdl.core.errors import (
 )
 from efficientdl.core.metrics import MetricsLogger
 from efficientdl.core.run import RunFolder, open_run
-from efficientdl.core.runtime import derive_seed, make_run_dir, seed_everything, select_device
+from efficientdl.core.runtime import default_run_dir, derive_seed, seed_everything, select_device
 
 __all__ = [
     "ConfigError",
@@ -36,12 +36,12 @@ __all__ = [
     "UserError",
     "apply_overrides",
     "config_from_args",
+    "default_run_dir",
     "derive_seed",
     "from_dict",
     "init_distributed",
     "load_checkpoint",
     "load_config",
-    "make_run_dir",
     "open_run",
     "rng_state",
     "save_checkpoint",

@@ -81,6 +81,15 @@ def stored_run(path: str | Path) -> dict[str, Any] | None:
     return record
 
 
+def stored_config(path: str | Path | None, method: str) -> dict[str, Any] | None:
+    """The stored config of the `method` run in `path`; None when there is none (or the run is
+    another method's: `open_run` then says what is wrong)."""
+    if path is None or not Path(path).is_dir():
+        return None
+    record = stored_run(path)
+    return record["config"] if record is not None and record["method"] == method else None
+
+
 def holds_run(path: str | Path) -> bool:
     """Whether `path` holds a started run (ours, or an older efficientdl's)."""
     path = Path(path)

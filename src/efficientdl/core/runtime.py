@@ -37,14 +37,10 @@ def select_device(preference: str = "auto") -> torch.device:
     return device
 
 
-def make_run_dir(root: str | Path, name: str, *, run_dir: str | Path | None = None) -> Path:
-    """Create (or reuse, when given explicitly) the folder a run writes into."""
-    if run_dir is not None:
-        path = Path(run_dir)
-    else:
-        path = Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def default_run_dir(out_dir: str | Path, name: str) -> Path:
+    """`<out_dir>/<name>-<YYYYmmdd-HHMMSS>`: where a run goes without `--run-dir` (not created;
+    under torchrun rank 0's choice is broadcast, see `core.distributed.broadcast_object`)."""
+    return Path(out_dir) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def derive_seed(seed: int, *parts) -> int:

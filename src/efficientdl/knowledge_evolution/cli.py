@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 from efficientdl.core.config import add_config_args, config_from_args
+from efficientdl.core.distributed import is_main_process
 from efficientdl.core.errors import ConfigError, RunFolderError, UserError
-from efficientdl.core.run import add_run_args, stored_run
+from efficientdl.core.run import add_run_args, stored_config
 
 
 def register(sub) -> None:
@@ -41,15 +41,6 @@ def _config(args, stored=None):
     return config_from_args(KEConfig, args, stored=stored).validate()
 
 
-def _stored_config(args):
-    """The config of the KE run in `--run-dir`, for `--resume` without `--config` (None when
-    the folder holds no KE run: `open_run` then names what is wrong)."""
-    if not Path(args.run_dir).is_dir():
-        return None
-    record = stored_run(args.run_dir)
-    return record["config"] if record is not None and record["method"] == "ke" else None
-
-
 def _train(args) -> int:
     from efficientdl.knowledge_evolution.experiment import run_experiment
 
@@ -62,7 +53,7 @@ def _train(args) -> int:
                 "ke train needs --config NAME|FILE (e.g. ke/demo; `efficientdl configs ke`), "
                 "or --resume --run-dir DIR to continue a run with its stored config"
             )
-        stored = _stored_config(args)
+        stored = stored_config(args.run_dir, "ke")
     config = _config(args, stored)
     given = args.run_dir
     # Ctrl-C offers `--resume` only once the run has started (config.json written); a resumed
@@ -75,7 +66,7 @@ def _train(args) -> int:
     summary = run_experiment(
         config, run_dir=given, resume=args.resume, tensorboard=args.tensorboard, on_begin=began
     )
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         print(json.dumps(summary, indent=2))
     return 0
 

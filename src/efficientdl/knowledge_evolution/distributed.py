@@ -5,8 +5,8 @@ one process training on the whole global batch.
   partners are drawn for the whole global batch first, so every random draw is the one a single
   process makes).
 - Loss: each rank's loss is its shard's mean scaled by `len(shard) / len(batch)`, so the sum over
-  ranks is the global-batch mean even when the shards differ in size; `all_reduce_gradients`
-  sums the gradients with one all-reduce.
+  ranks is the global-batch mean even when the shards differ in size; the gradients are summed
+  with one all-reduce (`core.distributed.all_reduce_gradients(average=False)`).
 - BatchNorm: while a rank trains, every BatchNorm layer normalises with the mean and variance of
   the global batch (`synced_batchnorm`), computed with differentiable all-reduces, and updates its
   running statistics with them, as one process would. (`torch.nn.SyncBatchNorm` would do this but
@@ -16,7 +16,6 @@ one process training on the whole global batch.
 from __future__ import annotations
 
 import contextlib
-import os
 import types
 from collections.abc import Iterator
 
@@ -26,30 +25,6 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from efficientdl.core.distributed import DistContext
-
-
-def current_context() -> DistContext:
-    """This process's place in the initialised process group (single process if none)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        rank = dist.get_rank()
-        local = int(os.environ.get("LOCAL_RANK", rank))
-        return DistContext(rank=rank, world_size=dist.get_world_size(), local_rank=local)
-    return DistContext()
-
-
-def barrier(ctx: DistContext) -> None:
-    """Wait for every rank (no-op in a single process)."""
-    if ctx.enabled:
-        dist.barrier()
-
-
-def broadcast_object(value, ctx: DistContext):
-    """Rank 0's `value` on every rank (returned unchanged in a single process)."""
-    if not ctx.enabled:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 class _SumOverRanks(torch.autograd.Function):
@@ -120,21 +95,6 @@ def synced_batchnorm(model: nn.Module, ctx: DistContext) -> Iterator[None]:
             del layer.forward
 
 
-def all_reduce_gradients(model: nn.Module, ctx: DistContext) -> None:
-    """Sum every parameter gradient over the ranks with one all-reduce (no-op single process)."""
-    if not ctx.enabled:
-        return
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
 def shard_loss(loss: torch.Tensor, logits: torch.Tensor, shard: int, batch: int) -> torch.Tensor:
     """This rank's part of the global-batch mean: its shard mean × shard / batch (a zero that
     still reaches every parameter when the shard is empty, so that the backward collectives
@@ -145,10 +105,6 @@ def shard_loss(loss: torch.Tensor, logits: torch.Tensor, shard: int, batch: int)
 
 
 __all__ = [
-    "all_reduce_gradients",
-    "barrier",
-    "broadcast_object",
-    "current_context",
     "shard_loss",
     "sum_over_ranks",
     "synced_batchnorm",

@@ -24,8 +24,8 @@ from efficientdl.core import (
     save_checkpoint,
     set_rng_state,
 )
+from efficientdl.core.distributed import barrier, current_context
 from efficientdl.core.log import get_logger
-from efficientdl.knowledge_evolution.distributed import barrier, current_context
 from efficientdl.knowledge_evolution.masks import Masks, is_kernel_level
 from efficientdl.knowledge_evolution.reinit import INITS, check_masks, masked_copy, reinitialize
 from efficientdl.knowledge_evolution.report import _atomic_text, plot_generations, write_history

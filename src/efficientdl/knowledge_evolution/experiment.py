@@ -26,14 +26,14 @@ from efficientdl.core import (
     select_device,
     to_dict,
 )
-from efficientdl.core.distributed import DistContext, shutdown
+from efficientdl.core.distributed import DistContext, barrier, broadcast_object, shutdown
 from efficientdl.core.log import get_logger
 from efficientdl.core.run import stored_run
+from efficientdl.core.runtime import default_run_dir
 from efficientdl.core.tensorboard import Scalars, require_tensorboard
 from efficientdl.data import get_dataset, per_class_indices, subset
 from efficientdl.data.cache import data_home
 from efficientdl.knowledge_evolution.cost import cost
-from efficientdl.knowledge_evolution.distributed import barrier, broadcast_object
 from efficientdl.knowledge_evolution.driver import KnowledgeEvolution
 from efficientdl.knowledge_evolution.masks import is_kernel_level, split
 from efficientdl.knowledge_evolution.recipe import KEConfig, accuracy_fn, recipe_train_fn
@@ -135,11 +135,6 @@ def device_of(config: KEConfig) -> torch.device:
         raise ConfigError(f"config key 'device': {err}") from None
 
 
-def default_run_dir(config: KEConfig) -> Path:
-    """`out_dir/<name>-<YYYYmmdd-HHMMSS>`."""
-    return Path(config.out_dir) / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
 def _resolved_generations(config: dict) -> int:
     return KEConfig(**{k: config[k] for k in ("recipe", "generations")}).resolved_generations()
 
@@ -195,7 +190,7 @@ def _run(config, device, dist_ctx: DistContext, run_dir, resume, tensorboard, on
     if tensorboard:
         require_tensorboard()
     path = Path(run_dir) if run_dir is not None else broadcast_object(
-        default_run_dir(config), dist_ctx
+        default_run_dir(config.out_dir, config.name), dist_ctx
     )  # fmt: skip
     run = open_run(
         path, method=METHOD, config=to_dict(config), resume=resume, extends=EXTENDS, free=FREE,

@@ -24,14 +24,10 @@ from efficientdl.core import (
     save_checkpoint,
 )
 from efficientdl.core import set_rng_state as restore_rng
+from efficientdl.core.distributed import all_reduce_gradients, current_context
 from efficientdl.core.log import get_logger
 from efficientdl.data.subsets import random_shift
-from efficientdl.knowledge_evolution.distributed import (
-    all_reduce_gradients,
-    current_context,
-    shard_loss,
-    synced_batchnorm,
-)
+from efficientdl.knowledge_evolution.distributed import shard_loss, synced_batchnorm
 
 TRAIN_CHECKPOINT = "train.pt"
 
@@ -275,7 +271,7 @@ class RecipeTrainer:
                 loss, logits = self._loss(model, x, y, idx, gen, mine)
                 optimizer.zero_grad(set_to_none=True)
                 shard_loss(loss, logits, len(y), len(idx)).backward()
-                all_reduce_gradients(model, dist_ctx)
+                all_reduce_gradients(list(model.parameters()), dist_ctx, average=False)
                 batch = torch.tensor([loss.item() * len(y), (logits.argmax(1) == y).sum().item(),
                                       len(y)], dtype=torch.float64)  # fmt: skip
                 if dist_ctx.enabled:  # the global batch's loss: every rank stops alike

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 from efficientdl.core.config import add_config_args, config_from_args
+from efficientdl.core.distributed import is_main_process
 from efficientdl.core.errors import ConfigError
 from efficientdl.core.run import add_run_args
 
@@ -77,15 +77,12 @@ def register(sub) -> None:
     add_arguments(bench)
 
 
-def _is_main_rank() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def _train(args) -> int:
-    from efficientdl.core.run import stored_run
+    from efficientdl.core.run import stored_config
+    from efficientdl.core.runtime import default_run_dir
     from efficientdl.snn.models import TSSLBPRecipe
     from efficientdl.snn.report import write_report
-    from efficientdl.snn.train import default_run_dir, fit
+    from efficientdl.snn.train import fit
 
     if args.resume and args.run_dir is None:
         raise ConfigError("--resume needs --run-dir (the folder of the run to continue)")
@@ -93,10 +90,9 @@ def _train(args) -> int:
     if args.config is None:
         if not args.resume:
             raise ConfigError("snn train needs --config NAME|FILE (or --resume --run-dir DIR)")
-        record = stored_run(args.run_dir)  # None (or another method's): open_run says why
-        stored = record["config"] if record and record["method"] == "snn" else None
+        stored = stored_config(args.run_dir, "snn")  # None: open_run says why
     recipe = config_from_args(TSSLBPRecipe, args, stored=stored).validate()
-    run_dir = args.run_dir if args.run_dir is not None else str(default_run_dir(recipe))
+    run_dir = args.run_dir or str(default_run_dir(recipe.out_dir, recipe.run_name or recipe.model))
     # Ctrl-C names the folder (main prints `... --run-dir DIR --resume`) once the run has begun
     # (or, on --resume, at once): before that, a new folder holds nothing to continue.
     args.run_dir = run_dir if args.resume else None
@@ -112,7 +108,7 @@ def _train(args) -> int:
         tensorboard=args.tensorboard,
         on_begin=begun,
     )
-    if not _is_main_rank():
+    if not is_main_process():
         return 0
     if not args.no_report and summary.get("final_test_accuracy") is not None:
         write_report(summary["run_dir"])

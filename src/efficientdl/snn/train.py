@@ -19,6 +19,7 @@ from efficientdl.core import (
     MetricsLogger,
     RunFolderError,
     UserError,
+    default_run_dir,
     init_distributed,
     load_checkpoint,
     open_run,
@@ -29,7 +30,13 @@ from efficientdl.core import (
     set_rng_state,
     to_dict,
 )
-from efficientdl.core.distributed import DistContext, all_reduce_sum, shutdown
+from efficientdl.core.distributed import (
+    DistContext,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    shutdown,
+)
 from efficientdl.core.log import get_logger
 from efficientdl.core.tensorboard import Scalars, require_tensorboard
 from efficientdl.snn.losses import count_loss, kernel_loss, predict
@@ -201,13 +208,6 @@ FREE = (
 (the backends implement the same arithmetic; a mid-epoch checkpoint stores the exact position)."""
 
 
-def default_run_dir(recipe: TSSLBPRecipe) -> Path:
-    """`<out_dir>/<run_name or model>-<YYYYmmdd-HHMMSS>`: where a run goes without `run_dir`."""
-    return (
-        Path(recipe.out_dir) / f"{recipe.run_name or recipe.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
-
-
 def _log_backend(recipe: TSSLBPRecipe, device: torch.device) -> None:
     """Log which TSSL-BP implementation the neurons will run, and why (a bad choice is a
     ConfigError now, not a traceback at the first step)."""
@@ -242,24 +242,6 @@ def build_network(recipe: TSSLBPRecipe) -> SpikingNetwork:
         raise ConfigError(f"model {recipe.model}: {err}") from None
 
 
-def _broadcast_path(path: Path, ctx: DistContext) -> Path:
-    """Rank 0's run folder on every rank (a default folder name holds the start time)."""
-    if not ctx.enabled:
-        return path
-    import torch.distributed as dist
-
-    box = [str(path)]
-    dist.broadcast_object_list(box, src=0)
-    return Path(box[0])
-
-
-def _barrier(ctx: DistContext) -> None:
-    if ctx.enabled:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
 def _check_diverged(guard: LossGuard, sums: torch.Tensor, epoch: int, step: int) -> None:
     """Stop (DivergenceError) if the mean training loss so far in this epoch (sums[0]/sums[2],
     per sample, so it does not grow with the number of steps) is not finite or has exploded, or
@@ -289,9 +271,9 @@ def fit(
 ) -> dict:
     """Train `recipe` with per-epoch test evaluation, following the core run protocol.
 
-    `run_dir` (default `default_run_dir(recipe)`) must not hold a run unless `resume`, which
-    continues it from `run_dir/checkpoint.pt` with the same recipe (`epochs` may grow; the keys
-    in FREE may change). `config.json` is written right before the first step, so a start that
+    `run_dir` (default `<out_dir>/<run_name or model>-<time>`) must hold no run unless `resume`,
+    which continues it from `run_dir/checkpoint.pt` with the same recipe (`epochs` may grow; the
+    keys in FREE may change). `config.json` is written right before the first step, so a start that
     fails earlier (missing data) leaves nothing that blocks the retry; `on_begin(path)` is called
     then. A diverging loss stops the run (DivergenceError) before the next checkpoint write.
     `tensorboard` writes per-epoch scalars into `run_dir/tensorboard/`.
@@ -312,7 +294,8 @@ def fit(
     ctx = init_distributed(device.type)
     if ctx.enabled and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
-    run_dir = _broadcast_path(Path(run_dir) if run_dir else default_run_dir(recipe), ctx)
+    default = default_run_dir(recipe.out_dir, recipe.run_name or recipe.model)
+    run_dir = broadcast_object(Path(run_dir) if run_dir else default, ctx)
     config = to_dict(recipe)
     run = open_run(
         run_dir,
@@ -323,7 +306,7 @@ def fit(
         free=FREE,
         is_main=ctx.is_main,
     )
-    _barrier(ctx)  # every rank has checked the folder before rank 0 records the run in it
+    barrier(ctx)  # every rank has checked the folder before rank 0 records the run in it
     try:
         train_set, test_set = datasets if datasets is not None else _load_data(recipe, data_root)
         train_idx = _subset(len(train_set), recipe.train_subset, seed)
@@ -356,7 +339,7 @@ def fit(
     except BaseException:
         run.abandon()
         raise
-    _barrier(ctx)
+    barrier(ctx)
     run.begin(config)
     if on_begin is not None:
         on_begin(run.path)
