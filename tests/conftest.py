@@ -65,9 +65,12 @@ def interrupt_when_exists(args, *, cwd: Path, pattern: str, timeout: float = 120
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("EFFICIENTDL_DEBUG", None)
+    # a shell's background job ignores SIGINT, and children inherit that: restore the default
+    # so the CLI sees Ctrl-C however the test suite was started
     proc = subprocess.Popen(
         [sys.executable, "-m", "efficientdl.cli", *map(str, args)],
         cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         deadline = time.monotonic() + timeout
