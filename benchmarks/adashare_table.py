@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from efficientdl.adashare.config import ABLATIONS
-from efficientdl.adashare.metrics import DELTA_METRICS, delta_t
+from efficientdl.adashare.objectives.metrics import DELTA_METRICS, delta_t
 
 BASELINE_ARMS = ("single_task", "multi_task", "random_policy", "stochastic_depth")
 ARMS = (*BASELINE_ARMS, "adashare", *ABLATIONS)  # ablations: columns where a seed ran them

@@ -9,7 +9,7 @@ latency, plus generation-switching costs.
 Nets: dense; slim = extract_slim at split rates 0.5 and 0.8; "ideal narrow" = resnet18 built
 directly at the sr=0.5 widths (32/64/128/256, the slim net's shapes), to show that extraction
 adds no run-time cost. Eval mode + inference_mode; median wall time per forward, the nets' calls
-interleaved round-robin so that background load hits each alike.
+interleaved in alternating order so that background load hits each alike.
 """
 
 from __future__ import annotations
@@ -27,13 +27,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
+from efficientdl.core.benchmark import time_variants  # noqa: E402
 from efficientdl.knowledge_evolution import extract_slim, reinitialize, split  # noqa: E402
-from efficientdl.knowledge_evolution.bench import (  # noqa: E402
-    cost_row,
-    forward_fn,
-    latency,
-    timed,
-)
+from efficientdl.knowledge_evolution.bench import cost_row, forward_fn  # noqa: E402
 from efficientdl.models import resnet18  # noqa: E402
 
 
@@ -53,11 +49,12 @@ def switching_costs(dense: torch.nn.Module) -> dict[str, float]:
     masks = split(dense, rate=0.5)
     gen = torch.Generator().manual_seed(0)
     work = resnet18(100)
-    return {
-        "split_trace_s": timed(lambda: split(dense, rate=0.5)),
-        "reinit_s": timed(lambda: reinitialize(work, masks, generator=gen)),
-        "extract_s": timed(lambda: extract_slim(dense, masks)),
+    steps = {
+        "split_trace_s": lambda: split(dense, rate=0.5),
+        "reinit_s": lambda: reinitialize(work, masks, generator=gen),
+        "extract_s": lambda: extract_slim(dense, masks),
     }
+    return {k: t.best_ms / 1000 for k, t in time_variants(steps, warmup=0, rounds=3).items()}
 
 
 def cpu_rows(nets, x, threads_list, runs: dict[int, int]) -> list[dict]:
@@ -67,7 +64,8 @@ def cpu_rows(nets, x, threads_list, runs: dict[int, int]) -> list[dict]:
         torch.set_num_threads(threads)
         for batch, n in runs.items():
             fns = {name: forward_fn(net, x[:batch]) for name, net in nets.items()}
-            ms = latency(fns, device=x.device, warmup=10 if batch == 1 else 2, runs=n)
+            timings = time_variants(fns, warmup=10 if batch == 1 else 2, rounds=n)
+            ms = {name: timing.median_ms for name, timing in timings.items()}
             for name, value in ms.items():
                 rows.append({"device": "cpu", "threads": threads, "batch": batch, "net": name,
                              "mode": "fp32", "ms": value, "runs": n})  # fmt: skip
@@ -85,9 +83,9 @@ def gpu_rows(nets, x, runs: int) -> list[dict]:
         xb = x[:batch].to(dev)
         for mode, kw in (("fp32", {}), ("bf16+cl", {"bf16": True, "channels_last": True})):
             fns = {name: forward_fn(net, xb, **kw) for name, net in on_gpu.items()}
-            for name, value in latency(fns, device=dev, warmup=10, runs=runs).items():
+            for name, t in time_variants(fns, warmup=10, rounds=runs, device=dev).items():
                 rows.append({"device": "cuda", "batch": batch, "net": name, "mode": mode,
-                             "ms": value, "runs": runs})  # fmt: skip
+                             "ms": t.median_ms, "runs": runs})  # fmt: skip
     for net in nets.values():
         net.to("cpu")
     return rows

@@ -13,11 +13,10 @@ from adashare_support import (
     TINY,
     one_thread,  # noqa: F401
 )
-from efficientdl.adashare import search
 from efficientdl.adashare.config import AdaShareConfig
-from efficientdl.adashare.policy import Policy
-from efficientdl.adashare.trainer import AdaShareTrainer
-from efficientdl.adashare.viz import plot_policy
+from efficientdl.adashare.model.policy import Policy
+from efficientdl.adashare.phases import AdaShareRun, search
+from efficientdl.adashare.reporting.viz import plot_policy
 from efficientdl.cli import main
 from efficientdl.core.config import apply_overrides, from_dict
 
@@ -41,7 +40,7 @@ def _spy(monkeypatch, name):
 @pytest.mark.parametrize("name", ["no_sparsity", "no_sharing", "no_curriculum"])
 def test_regulariser_and_curriculum_ablations(tmp_path, monkeypatch, name):
     sparsity, sharing = _spy(monkeypatch, "sparsity_loss"), _spy(monkeypatch, "sharing_loss")
-    tr = AdaShareTrainer(tiny(), run_dir=tmp_path)
+    tr = AdaShareRun(tiny(), run_dir=tmp_path)
     result = tr.run_baseline(name)
     assert set(result["test"]) == {"seg", "depth"} and "policy" in result
     child = tmp_path / "baselines" / name
@@ -59,7 +58,7 @@ def test_regulariser_and_curriculum_ablations(tmp_path, monkeypatch, name):
 
 
 def test_reinforce_log_probability_and_policy_step(tmp_path):
-    tr = AdaShareTrainer(
+    tr = AdaShareRun(
         tiny("train.search_method=reinforce", "train.sparsity_weight=0", "train.sharing_weight=0"),
         run_dir=tmp_path,
     )
@@ -76,7 +75,7 @@ def test_reinforce_log_probability_and_policy_step(tmp_path):
     assert float(logp.detach()) == pytest.approx(float(by_hand), rel=1e-5)
     assert policy.execute[:, :5].all()  # curriculum padding
     # one policy iteration: only the logits move, by (loss − baseline)·∇log p
-    state = search.Search(tr, model, tmp_path / "s", reference=None)
+    state = search.Search(tr.context, model, tmp_path / "s", reference=None)
     state.state["reinforce_baseline"] = 0.0  # a baseline below the loss: push the sample away
     before = {k: v.clone() for k, v in model.named_parameters()}
     gen_policy, _ = search.bernoulli_policy(
@@ -93,7 +92,7 @@ def test_reinforce_log_probability_and_policy_step(tmp_path):
 
 
 def test_reinforce_search_runs_end_to_end(tmp_path):
-    result = AdaShareTrainer(tiny(), run_dir=tmp_path).run_baseline("reinforce")
+    result = AdaShareRun(tiny(), run_dir=tmp_path).run_baseline("reinforce")
     cfg = json.loads((tmp_path / "baselines" / "reinforce" / "config.json").read_text())["config"]
     assert cfg["train"]["search_method"] == "reinforce" and set(result["test"]) == {"seg", "depth"}
 

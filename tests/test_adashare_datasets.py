@@ -12,7 +12,7 @@ from PIL import Image
 
 from adashare_support import one_thread  # noqa: F401
 from efficientdl.adashare.config import AdaShareConfig
-from efficientdl.adashare.datasets import build_data
+from efficientdl.adashare.phases import build_data
 from efficientdl.core.config import from_dict
 from efficientdl.data import CityScapes, MultiMNIST, NYUv2, Taskonomy
 from efficientdl.data.cache import DatasetFormatError, DatasetNotFoundError
@@ -337,7 +337,7 @@ def test_taskonomy_class_weights_are_required_unless_opted_out(tmp_path):
 def test_taskonomy_building_splits_through_build_data(tmp_path):
     """The trainer's splits: val is the building list's val split (not carved from train), and
     depth is scored on its explicit mask (a valid raw depth of 0 counts)."""
-    from efficientdl.adashare.engine import make_meter
+    from efficientdl.adashare.objectives.tasks import make_meter
 
     _write_buildings(tmp_path)
     data = {"dataset": "taskonomy", "root": str(tmp_path), "tasks": ["depth"], "cache": False}
@@ -451,11 +451,11 @@ def test_trainer_on_nyu_files_with_augmentation(tmp_path):
         "augment": True,
         "crop": [16, 16],
     }
-    from efficientdl.adashare.trainer import AdaShareTrainer
+    from efficientdl.adashare.phases import AdaShareRun
 
     cfg = _tiny(data, head="light")
     cfg.train.batch_size = 1  # a half of the 3 remaining training images may hold only one
-    tr = AdaShareTrainer(cfg, run_dir=tmp_path / "run")
+    tr = AdaShareRun(cfg, run_dir=tmp_path / "run")
     batch = next(tr.stream("train", seed=0, stream=0))
     assert batch["image"].shape == (1, 3, 16, 16) and batch["seg"].shape == (1, 16, 16)
     assert tr.search()["iters"] == 8
@@ -465,13 +465,13 @@ def test_trainer_on_nyu_files_with_augmentation(tmp_path):
 
 
 def test_trainer_on_multi_mnist_classification(tmp_path, sources):
-    from efficientdl.adashare.trainer import AdaShareTrainer
+    from efficientdl.adashare.phases import AdaShareRun
     from efficientdl.data.multitask import Subset
 
     cfg = _tiny({"dataset": "multi_mnist", "tasks": ["left", "right"]}, head="linear", stem="cifar")
     splits, spec = build_data(cfg)
     small = {k: Subset(v, range(8)) for k, v in splits.items()}
-    tr = AdaShareTrainer(cfg, run_dir=tmp_path, datasets=(small, spec))
+    tr = AdaShareRun(cfg, run_dir=tmp_path, datasets=(small, spec))
     assert spec.kinds == {"left": "cls", "right": "cls"}
     assert tr.build_model().stem[0].in_channels == 1
     done = tr.run_baseline("multi_task")

@@ -28,10 +28,10 @@ import pytest
 import torch
 
 from adashare_support import TINY, one_thread  # noqa: F401
-from efficientdl.adashare import engine, loops, search
 from efficientdl.adashare.config import AdaShareConfig
 from efficientdl.adashare.model import AdaShareNet
-from efficientdl.adashare.trainer import AdaShareTrainer
+from efficientdl.adashare.objectives import tasks
+from efficientdl.adashare.phases import AdaShareRun, ddp, search, training
 from efficientdl.core import DistContext
 from efficientdl.core.config import ConfigError, apply_overrides, from_dict
 
@@ -49,7 +49,7 @@ def instrument(patch, trainer, *, nan_at: int | None = None) -> dict:
         AdaShareNet.sample_gates,
         AdaShareNet.sample_policy,
     )
-    real_sync, real_loss = engine.synchronise, search.weighted_loss
+    real_sync, real_loss = ddp.synchronise, search.weighted_loss
 
     def step(self, phase):
         record["now"]["it"] = self.state["it"]
@@ -81,7 +81,7 @@ def instrument(patch, trainer, *, nan_at: int | None = None) -> dict:
     patch(AdaShareNet, "sample_gates", gates)
     patch(AdaShareNet, "sample_policy", policy)
     patch(search, "weighted_loss", loss)
-    for module in (loops, search):
+    for module in (training, search):
         patch(module, "synchronise", sync)
     trainer.callbacks.append(after_step)
     return record
@@ -133,7 +133,7 @@ RANK_SCRIPT = textwrap.dedent("""
     run_dir, out, nan_at = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]) or None
     rank = int(os.environ["RANK"])
     writes = t.guard_writes(run_dir) if rank else []
-    tr = t.AdaShareTrainer(t.from_dict(t.AdaShareConfig, t.CONFIG), run_dir=run_dir)
+    tr = t.AdaShareRun(t.from_dict(t.AdaShareConfig, t.CONFIG), run_dir=run_dir)
     record = t.instrument(setattr, tr, nan_at=nan_at if rank == 1 else None)
     record = t.run_all(tr, record)
     record["writes"] = writes
@@ -176,7 +176,7 @@ def launch(tmp_path, run_dir: Path, out: Path, nan_at: int | None) -> list[dict]
 
 def two_rank_reference(monkeypatch, tmp_path) -> dict:
     """One process doing what the two ranks do (see the module docstring)."""
-    real_forward, real_loss = AdaShareNet.forward, engine.weighted_loss
+    real_forward, real_loss = AdaShareNet.forward, tasks.weighted_loss
 
     def forward(self, x, *args, **kwargs):
         if not self.training:
@@ -202,9 +202,9 @@ def two_rank_reference(monkeypatch, tmp_path) -> dict:
         return (a[0] + b[0]) / 2, {t: (a[1][t] + b[1][t]) / 2 for t in a[1]}
 
     monkeypatch.setattr(AdaShareNet, "forward", forward)
-    monkeypatch.setattr(loops, "weighted_loss", mean_of_halves)
+    monkeypatch.setattr(training, "weighted_loss", mean_of_halves)
     monkeypatch.setattr(search, "weighted_loss", mean_of_halves)
-    tr = AdaShareTrainer(from_dict(AdaShareConfig, CONFIG), run_dir=tmp_path / "single")
+    tr = AdaShareRun(from_dict(AdaShareConfig, CONFIG), run_dir=tmp_path / "single")
     return run_all(tr, instrument(monkeypatch.setattr, tr))
 
 
@@ -253,8 +253,8 @@ def test_two_ranks_agree_with_each_other_and_with_the_one_process_reference(tmp_
 
 
 def test_global_batch_must_split_evenly_over_the_ranks(tmp_path, monkeypatch):
-    from efficientdl.adashare import trainer as trainer_module
+    from efficientdl.adashare.phases import context as context_module
 
-    monkeypatch.setattr(trainer_module, "init_distributed", lambda device: DistContext(0, 3, 0))
+    monkeypatch.setattr(context_module, "init_distributed", lambda device: DistContext(0, 3, 0))
     with pytest.raises(ConfigError, match="'train.batch_size'.* 4 .* 3 ranks"):
-        AdaShareTrainer(from_dict(AdaShareConfig, CONFIG), run_dir=tmp_path)
+        AdaShareRun(from_dict(AdaShareConfig, CONFIG), run_dir=tmp_path)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from adashare_support import one_thread  # noqa: F401
-from efficientdl.adashare.losses import (
+from efficientdl.adashare.objectives.losses import (
     depth_loss,
     downsample_target,
     l1_loss,

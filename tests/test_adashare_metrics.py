@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from adashare_support import one_thread  # noqa: F401
-from efficientdl.adashare.metrics import (
+from efficientdl.adashare.objectives.metrics import (
     DELTA_METRICS,
     AccuracyMeter,
     CEMeter,
@@ -269,7 +269,7 @@ def test_delta_t_by_hand():
 def test_results_csv_holds_test_metrics_delta_t_params_and_flops(tmp_path):
     import csv
 
-    from efficientdl.adashare.results import write_csv
+    from efficientdl.adashare.reporting.results import write_csv
 
     costs = {"params": 11e6, "backbone_units": 1, "gflops_per_task_sum": 9.0}
     table = {

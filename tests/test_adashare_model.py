@@ -9,7 +9,7 @@ from torch import nn
 
 from adashare_support import one_thread  # noqa: F401
 from efficientdl.adashare import AdaShareNet, Policy, curriculum_pad, flops
-from efficientdl.adashare.counting import costs, param_counts
+from efficientdl.adashare.model.counting import costs, param_counts
 
 TASKS = {"seg": 5, "normal": 3, "depth": 1}
 # independent of the implementation: stage planes (× width/64), strides, dilations (Deeplab-ResNet)

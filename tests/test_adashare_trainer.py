@@ -6,46 +6,36 @@ import math
 import pytest
 import torch
 
-from adashare_support import one_thread  # noqa: F401
-from efficientdl.adashare import loops, search
+from adashare_support import TINY, one_thread  # noqa: F401
 from efficientdl.adashare.config import AdaShareConfig
-from efficientdl.adashare.policy import Policy
-from efficientdl.adashare.trainer import AdaShareTrainer
+from efficientdl.adashare.model.policy import Policy
+from efficientdl.adashare.phases import AdaShareRun, search, training
 from efficientdl.core import load_checkpoint
 from efficientdl.core.config import apply_overrides, from_dict
 
-BASE = {
-    "seed": 3,
-    "device": "cpu",
-    "progress": False,
-    "baselines": [],
-    "data": {
-        "dataset": "procedural",
-        "tasks": ["seg", "normal", "depth"],
-        "size": 16,
-        "num_train": 32,
-        "num_val": 8,
-        "num_test": 8,
-    },
-    "model": {"backbone": "resnet18", "head": "light", "width": 4},
-    "train": {
-        "batch_size": 4,
-        "eval_batch_size": 8,
-        "total_iters": 40,
-        "warmup_iters": 4,
-        "lr": 0.01,
-        "backbone_lr": 0.005,
-        "policy_lr": 0.003,
-        "decay_lr_freq": 3,
-        "decay_lr_rate": 0.5,
-        "weight_iters": 2,
-        "policy_iters": 2,
-        "curriculum_speed": 1,
-        "ckpt_every": 3,
-    },
-    "sample": {"num": 2},
-    "retrain": {"iters": 6, "val_freq": 3},
-}
+BASE = apply_overrides(
+    TINY,
+    [
+        "seed=3",
+        "data.tasks=[seg, normal, depth]",
+        "data.num_train=32",
+        "data.num_val=8",
+        "data.num_test=8",
+        "train.eval_batch_size=8",
+        "train.total_iters=40",
+        "train.warmup_iters=4",
+        "train.lr=0.01",
+        "train.backbone_lr=0.005",
+        "train.policy_lr=0.003",
+        "train.decay_lr_freq=3",
+        "train.decay_lr_rate=0.5",
+        "train.ckpt_every=3",
+        "sample.num=2",
+        "retrain.iters=6",
+        "retrain.val_freq=3",
+    ],
+)
+"""Three tasks on 32 scenes: the tiny config with enough iterations to test the schedule."""
 
 
 def config(*overrides):
@@ -63,7 +53,7 @@ class NoTest:
 
 
 def trainer(run_dir, *overrides):
-    tr = AdaShareTrainer(config(*overrides), run_dir=run_dir)
+    tr = AdaShareRun(config(*overrides), run_dir=run_dir)
     tr.splits["test"] = NoTest()
     return tr
 
@@ -156,7 +146,9 @@ def test_resume_after_crash_is_bit_exact(uninterrupted, tmp_path, monkeypatch, p
     if phase == "search":
         _crash_after(monkeypatch, search.Search, "_step", calls)
     else:  # train_fixed's loss calls: 4 warm-up iterations come before the re-training
-        _crash_after(monkeypatch, loops, "weighted_loss", calls + (4 if phase == "retrain" else 0))
+        _crash_after(
+            monkeypatch, training, "weighted_loss", calls + (4 if phase == "retrain" else 0)
+        )
     with pytest.raises(Crash):
         broken.retrain(broken.sample()[0], 0)
     monkeypatch.undo()
@@ -179,7 +171,7 @@ def test_resume_after_crash_is_bit_exact(uninterrupted, tmp_path, monkeypatch, p
 
 
 def test_pipeline_end_to_end_with_baselines(tmp_path):
-    tr = AdaShareTrainer(
+    tr = AdaShareRun(
         config(
             "baselines=[single_task, multi_task, random_policy, stochastic_depth]",
             "train.total_iters=36",
@@ -209,7 +201,7 @@ def test_pipeline_end_to_end_with_baselines(tmp_path):
     assert Policy.from_dict(rand["policy"]).num_executed() == ada["num_executed"]
     # the results.json of this run serves as selection reference: its single-task val metrics
     single = json.loads((tmp_path / "baselines" / "single_task" / "result.json").read_text())
-    other = AdaShareTrainer(
+    other = AdaShareRun(
         config(f"selection_reference={tmp_path / 'results.json'}"), run_dir=tmp_path / "other"
     )
     assert other.reference() == single["val"]
@@ -219,20 +211,20 @@ def test_selection_reference_without_single_task_val_is_a_clear_error(tmp_path):
     results = tmp_path / "run" / "results.json"
     results.parent.mkdir()
     results.write_text(json.dumps({"image_size": [16, 16], "runs": {"adashare": {"test": {}}}}))
-    tr = AdaShareTrainer(config(f"selection_reference={results}"), run_dir=tmp_path / "new")
+    tr = AdaShareRun(config(f"selection_reference={results}"), run_dir=tmp_path / "new")
     with pytest.raises(ValueError, match=r"results.json.*baselines/single_task/result.json"):
         tr.reference()
 
 
 def test_nan_loss_stops_with_the_iteration(tmp_path, monkeypatch):
     tr = trainer(tmp_path)
-    real = loops.weighted_loss
+    real = training.weighted_loss
 
     def nan_loss(*args):
         loss, parts = real(*args)
         return loss * math.nan, parts
 
-    monkeypatch.setattr(loops, "weighted_loss", nan_loss)
+    monkeypatch.setattr(training, "weighted_loss", nan_loss)
     with pytest.raises(RuntimeError, match="warmup: loss became nan at iteration 1"):
         tr.warmup()
 

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import folder_md5
 from efficientdl import __version__
+from efficientdl.core.checkpoint import load_checkpoint, save_checkpoint
 from efficientdl.core.divergence import LossGuard
 from efficientdl.core.errors import DivergenceError, RunFolderError, UserError
 from efficientdl.core.run import (
@@ -271,17 +272,30 @@ def test_write_json_atomic_leaves_no_temporary(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["x.json"]
 
 
-def test_write_json_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
-    path = write_json_atomic(tmp_path / "x.json", {"v": 1})
+class _Unwritable:
+    """A value neither pickle nor JSON can write."""
 
-    class Unserialisable:
-        def __str__(self):
-            raise RuntimeError("boom")
+    def __reduce__(self):
+        raise RuntimeError("boom")
 
+    def __str__(self):
+        raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize(
+    "write, read, name",
+    [
+        (save_checkpoint, load_checkpoint, "checkpoint.pt"),
+        (write_json_atomic, lambda path: json.loads(path.read_text()), "x.json"),
+    ],
+    ids=["checkpoint", "json"],
+)
+def test_a_failed_atomic_write_keeps_the_old_file_and_no_temporary(tmp_path, write, read, name):
+    path = write(tmp_path / name, {"v": 1})
     with pytest.raises(RuntimeError, match="boom"):
-        write_json_atomic(path, {"v": Unserialisable()})
-    assert json.loads(path.read_text()) == {"v": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+        write(path, {"v": _Unwritable()})
+    assert read(path) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == [name]
 
 
 # --- LossGuard -----------------------------------------------------------------------------------

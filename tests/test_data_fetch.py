@@ -171,13 +171,17 @@ def test_fetch_fashion_mnist_apt_failure(tmp_path, monkeypatch):
         fetch("fashion-mnist", dest=tmp_path)
 
 
-def test_fetch_other_names():
-    with pytest.raises(ValueError, match="cifar10 cannot be downloaded.*cifar-10-batches-py"):
-        fetch("cifar10")
-    with pytest.raises(ValueError, match="nmnist cannot be downloaded.*Train/<digit>"):
-        fetch("nmnist")
-    with pytest.raises(ValueError, match="unknown dataset 'svhn'"):
-        fetch("svhn")
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("cifar10", "cifar10 cannot be downloaded.*cifar-10-batches-py"),
+        ("nmnist", "nmnist cannot be downloaded.*Train/<digit>"),
+        ("svhn", "unknown dataset 'svhn'"),
+    ],
+)
+def test_fetch_other_names(name, message):
+    with pytest.raises(ValueError, match=message):
+        fetch(name)
 
 
 # --- verification of what is cached ---------------------------------------------------------
@@ -390,6 +394,7 @@ def real_mnist_root():
 
 
 @pytest.mark.slow
+@pytest.mark.network
 def test_real_mnist_statistics(real_mnist_root):
     train = load_mnist("train", root=real_mnist_root, normalize="none")
     assert train.images.shape == (60000, 1, 28, 28)

@@ -20,34 +20,20 @@ import sys
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import run_cli, write_digits, write_ke_config
 from efficientdl.core import load_checkpoint
-from test_ke_recipe import write_digits
-
-CONFIG = """\
-name: ddp
-recipe: small
-dataset: digits
-data_root: {root}
-per_class: 4
-model: small_cnn
-width: 4
-generations: 2
-epochs: 2
-batch_size: 7
-lr: 0.1
-cskd: true
-label_smoothing: 0.1
-seed: 0
-threads: 1
-progress: false
-checkpoint_seconds: 0
-"""
 
 
 def test_two_ranks_equal_one_process_with_the_same_global_batch(tmp_path):
-    config = tmp_path / "ddp.yaml"
-    config.write_text(CONFIG.format(root=write_digits(tmp_path / "data")))
+    config = write_ke_config(
+        tmp_path / "ddp.yaml",
+        write_digits(tmp_path / "data"),
+        name="ddp",
+        batch_size=7,
+        lr=0.1,
+        cskd=True,
+        label_smoothing=0.1,
+    )
     args = ["ke", "train", "--quiet", "--config", str(config)]
     single = run_cli(*args, "--run-dir", tmp_path / "single", cwd=tmp_path)
     assert single.returncode == 0, single.stderr[-2000:]

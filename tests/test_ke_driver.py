@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import toy_data
 from efficientdl.core import load_checkpoint
-from efficientdl.data import ArrayDataset
 from efficientdl.knowledge_evolution import (
     KEConfig,
     KnowledgeEvolution,
@@ -20,22 +20,12 @@ from efficientdl.knowledge_evolution import (
     recipe_train_fn,
     split,
 )
-from efficientdl.knowledge_evolution import recipe as recipe_module
+from efficientdl.knowledge_evolution import training as recipe_module
 from efficientdl.models import small_cnn
-from test_ke_masks import one_thread  # noqa: F401 (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TIMINGS = ("reinit_seconds", "train_seconds")
-
-
-def toy_data(n_per_class, seed):
-    """4 classes of 8×8 images: a bright 3×3 block in a class-specific corner, plus noise."""
-    gen = torch.Generator().manual_seed(seed)
-    labels = torch.arange(4).repeat_interleave(n_per_class)
-    x = 0.3 * torch.randn(len(labels), 1, 8, 8, generator=gen)
-    for i, c in enumerate(labels.tolist()):
-        r, s = divmod(c, 2)
-        x[i, 0, 5 * r : 5 * r + 3, 5 * s : 5 * s + 3] += 2.0
-    return ArrayDataset(x, labels, num_classes=4)
 
 
 def setup(generations=3, **overrides):

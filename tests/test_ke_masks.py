@@ -7,8 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import ConcatNet
 from efficientdl.knowledge_evolution import KEStructureError, forget_from, keep, split
 from efficientdl.models import resnet18, small_cnn
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # the official code's log: resnet18(num_classes=100), sr = 0.5
 GOLDEN_05 = {
@@ -35,15 +38,6 @@ GOLDEN_RATES = {  # conv1, layer1 convs, layer2.0.conv1, layer2.0.downsample.0, 
     0.3: (2940, 3600, 7020, 780, 213444, 15400, 1_030_632),
     0.8: (7644, 24336, 48204, 5356, 1_512_900, 41000, 7_211_016),
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and the 2-core CI machine is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -161,22 +155,6 @@ def test_flatten_of_spatial_map_keeps_channel_major_features():
         assert masks["fc.weight"].all(1).tolist() == [False] * 4  # all rows kept, not all cols
     with pytest.raises(ValueError, match=r"example_input of shape \(2, 1, 16, 16\) does not run"):
         split(FlattenNet(), rate=0.5, example_input=torch.randn(2, 1, 16, 16))
-
-
-class ConcatNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Conv2d(3, 64, 3, padding=1, bias=False)
-        self.b = nn.Conv2d(3, 32, 3, padding=1, bias=False)
-        self.norm = nn.BatchNorm2d(96)
-        self.c = nn.Conv2d(96, 16, 1, bias=False)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(96 + 16, 5)
-
-    def forward(self, x):
-        y = F.relu(self.norm(torch.cat([self.a(x), self.b(x)], 1)))
-        z = torch.cat([y, self.c(y)], dim=1)
-        return self.fc(torch.flatten(self.pool(z), 1))
 
 
 def test_concat_keeps_per_segment_prefixes():

@@ -9,12 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import write_digits
 from efficientdl.cli import main
 from efficientdl.core import ConfigError, load_config
 from efficientdl.data import get_dataset, per_class_indices, random_shift
 from efficientdl.data.digits import stratified_split
 from efficientdl.knowledge_evolution import KEConfig, class_partners, cskd_loss, lr_at
-from test_ke_masks import one_thread  # noqa: F401 (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_schedule_matches_official_values():
@@ -96,21 +98,6 @@ def test_config_resolution_and_errors(tmp_path):
         KEConfig(split_rate=1.5).validate()
 
 
-def write_digits(root, n_per_class=12):
-    """A generated file in the scikit-learn digits.csv.gz format (64 pixels 0..16, label)."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for c in range(10):
-        for _ in range(n_per_class):
-            img = rng.integers(0, 4, 64)
-            img[c * 6 : c * 6 + 6] = 16  # a class-specific stroke
-            rows.append(",".join(map(str, [*img, c])))
-    folder = root / "digits"
-    folder.mkdir(parents=True)
-    (folder / "digits.csv.gz").write_bytes(gzip.compress(("\n".join(rows) + "\n").encode()))
-    return root
-
-
 def test_digits_loader_on_generated_file(tmp_path):
     root = write_digits(tmp_path)
     train = get_dataset("digits", "train", root=root)
@@ -185,10 +172,10 @@ def test_fetch_digits_from_a_faked_wheel(tmp_path, monkeypatch):
 
 
 def test_cskd_training_runs():
+    from conftest import toy_data
     from efficientdl.knowledge_evolution import recipe_train_fn
     from efficientdl.knowledge_evolution.driver import GenerationContext
     from efficientdl.models import small_cnn
-    from test_ke_driver import toy_data
 
     cfg = KEConfig(epochs=2, batch_size=8, lr=0.05, cskd=True, label_smoothing=0.0,
                    progress=False)  # fmt: skip

@@ -8,7 +8,8 @@ from torch import nn
 
 from efficientdl.knowledge_evolution import init_weights, masked_copy, reinitialize, split
 from efficientdl.models import resnet18, small_cnn
-from test_ke_masks import one_thread  # noqa: F401 (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,11 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import ConcatNet
 from efficientdl.knowledge_evolution import cost, extract_slim, masked_copy, split
 from efficientdl.models import resnet18, small_cnn
-from test_ke_masks import ConcatNet, one_thread  # noqa: F401 (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class SqueezeExcite(nn.Module):
@@ -151,13 +153,3 @@ def test_cost_matches_official_log_numbers():
         assert cost(extract_slim(model, split(model, rate=rate)), x) == numbers
     assert model.training  # mode restored
     assert cost(model, torch.randn(2, 3, 224, 224))["macs"] == 1_813_612_544  # per sample
-
-
-def test_latency_interleaves_round_robin():
-    from efficientdl.knowledge_evolution.bench import latency
-
-    calls = []
-    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
-    ms = latency(fns, device=torch.device("cpu"), warmup=2, runs=3)
-    assert set(ms) == {"a", "b", "c"} and all(v >= 0 for v in ms.values())
-    assert calls == ["a"] * 2 + ["b"] * 2 + ["c"] * 2 + ["a", "b", "c"] * 3

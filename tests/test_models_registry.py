@@ -1,5 +1,5 @@
 """efficientdl.models: torchvision-compatible ResNets (names, shapes, counts), the small CNN,
-and one sweep over the registry (forward, fx tracing, KELS split)."""
+and a sweep over the registry (forward, fx tracing, KELS split)."""
 
 import json
 from pathlib import Path
@@ -9,17 +9,11 @@ import torch
 import torch.fx
 from torch import nn
 
+from efficientdl.core import registry
 from efficientdl.knowledge_evolution import split
-from efficientdl.models import (
-    build_model,
-    list_models,
-    register_model,
-    resnet18,
-    resnet34,
-    resnet50,
-    small_cnn,
-)
-from test_ke_masks import one_thread  # noqa: F401 (autouse fixture)
+from efficientdl.models import resnet18, resnet34, resnet50, small_cnn
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Parameter counts from torchvision's documentation; the full state_dict listing (names, order,
 # shapes) was written from torchvision 0.28.0's own models, `[[key, list(v.shape)] for k, v in
@@ -77,26 +71,29 @@ def test_small_cnn_layout():
     assert net(torch.randn(3, 1, 8, 8)).shape == (3, 10)
 
 
-def test_registry_sweep():
+def test_registry_holds_the_generic_models():
+    assert {"resnet18", "resnet34", "resnet50", "small_cnn"} <= set(registry.names("model"))
+
+
+@pytest.mark.parametrize("name", registry.names("model"))
+def test_registry_sweep(name):
     """Every registered model builds, runs, traces with torch.fx and splits with KELS."""
-    assert {"resnet18", "resnet34", "resnet50", "small_cnn"} <= set(list_models())
-    for name in list_models():
-        model = build_model(name, num_classes=7, in_channels=1).eval()
-        x = torch.randn(2, 1, 28, 28)
-        with torch.no_grad():
-            out = model(x)
-            traced = torch.fx.symbolic_trace(model)
-            assert torch.equal(traced(x), out), name
-        assert out.shape == (2, 7), name
-        masks = split(model, rate=0.5)
-        assert masks and all(m.dtype == torch.bool for m in masks.values())
+    model = registry.create("model", name, num_classes=7, in_channels=1).eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        out = model(x)
+        traced = torch.fx.symbolic_trace(model)
+        assert torch.equal(traced(x), out), name
+    assert out.shape == (2, 7), name
+    masks = split(model, rate=0.5)
+    assert masks and all(m.dtype == torch.bool for m in masks.values())
 
 
 def test_registry_errors():
     with pytest.raises(ValueError, match="unknown model 'vgg99'; registered: .*resnet18"):
-        build_model("vgg99")
+        registry.create("model", "vgg99")
     with pytest.raises(ValueError, match="model 'small_cnn' registered twice"):
-        register_model("small_cnn")(small_cnn)
+        registry.register("model", "small_cnn")(small_cnn)
 
 
 @pytest.mark.parametrize("name", sorted(TV_PARAMS))

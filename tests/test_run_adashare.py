@@ -14,9 +14,8 @@ import yaml
 
 from adashare_support import TINY, one_thread  # noqa: F401
 from conftest import assert_one_error, folder_md5, interrupt_when_exists, run_cli
-from efficientdl.adashare import loops, search
 from efficientdl.adashare.config import AdaShareConfig
-from efficientdl.adashare.trainer import AdaShareTrainer
+from efficientdl.adashare.phases import AdaShareRun, search, training
 from efficientdl.core import DivergenceError, RunFolderError
 from efficientdl.core.config import apply_overrides, from_dict
 from efficientdl.core.run import holds_run
@@ -188,8 +187,8 @@ def tiny(*overrides):
 
 @pytest.mark.parametrize("where", ["search (weight)", "search (policy)", "retrain_00"])
 def test_divergence_guard_in_every_loop(tmp_path, monkeypatch, where):
-    tr = AdaShareTrainer(tiny(), run_dir=tmp_path)
-    module = loops if where.startswith("retrain") else search
+    tr = AdaShareRun(tiny(), run_dir=tmp_path)
+    module = training if where.startswith("retrain") else search
     real, calls = module.weighted_loss, {"n": 0}
     blow_at = {"search (weight)": 3, "search (policy)": 5, "retrain_00": 2}[where]
 
@@ -200,12 +199,12 @@ def test_divergence_guard_in_every_loop(tmp_path, monkeypatch, where):
             loss * 1e6 if calls["n"] == blow_at - (2 if module is search else 0) else loss
         ), parts
 
-    if module is loops:
+    if module is training:
         tr.sample()  # warm-up and search first, undisturbed
     monkeypatch.setattr(module, "weighted_loss", exploding)
     message = rf"adashare {re.escape(where)}: loss became .* at iteration {blow_at} \(above 1000×"
     with pytest.raises(DivergenceError, match=message):
-        tr.retrain_all() if module is loops else tr.search()
+        tr.retrain_all() if module is training else tr.search()
     folder = tmp_path / ("search" if module is search else "retrain/sample_00")
     kept = folder / ("latest.pt" if module is search else "checkpoint.pt")
     if kept.is_file():  # the last checkpoint is from before the bad iteration
@@ -215,15 +214,15 @@ def test_divergence_guard_in_every_loop(tmp_path, monkeypatch, where):
 
 
 def test_longer_search_continues_until_policies_are_drawn(tmp_path):
-    AdaShareTrainer(tiny(), run_dir=tmp_path).search()
-    longer = AdaShareTrainer(tiny("train.total_iters=18"), run_dir=tmp_path)
+    AdaShareRun(tiny(), run_dir=tmp_path).search()
+    longer = AdaShareRun(tiny("train.total_iters=18"), run_dir=tmp_path)
     assert longer.search()["iters"] == 18
     history = json.loads((tmp_path / "logits_history.json").read_text())
     assert history[-1]["iter"] == 18
     longer.sample()
     with pytest.raises(RunFolderError, match="total_iters=22.*policies were already drawn"):
-        AdaShareTrainer(tiny("train.total_iters=22"), run_dir=tmp_path).search()
-    assert AdaShareTrainer(tiny("train.total_iters=18"), run_dir=tmp_path).search()["iters"] == 18
+        AdaShareRun(tiny("train.total_iters=22"), run_dir=tmp_path).search()
+    assert AdaShareRun(tiny("train.total_iters=18"), run_dir=tmp_path).search()["iters"] == 18
 
 
 def test_ctrl_c_names_the_command_that_continues(tmp_path):

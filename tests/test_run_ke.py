@@ -13,26 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_one_error, folder_md5, interrupt_when_exists, run_cli
+from conftest import (
+    assert_one_error,
+    folder_md5,
+    interrupt_when_exists,
+    run_cli,
+    write_digits,
+    write_ke_config,
+)
 from efficientdl.core import load_checkpoint
-from test_ke_recipe import write_digits
-
-TINY = """\
-name: tiny
-recipe: small
-dataset: digits
-data_root: {root}
-per_class: 4
-model: small_cnn
-width: 4
-generations: {generations}
-epochs: {epochs}
-batch_size: 8
-seed: 0
-threads: 1
-progress: false
-checkpoint_seconds: 0
-{extra}"""
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +32,9 @@ def digits(tmp_path_factory) -> Path:
 
 def tiny(folder: Path, root, *, generations=2, epochs=2, extra="") -> Path:
     """A tiny KE config file (a few seconds of training)."""
-    path = folder / "tiny.yaml"
-    path.write_text(TINY.format(root=root, generations=generations, epochs=epochs, extra=extra))
-    return path
+    return write_ke_config(
+        folder / "tiny.yaml", root, generations=generations, epochs=epochs, extra_yaml=extra
+    )
 
 
 def ke_train(cwd, *args, **kwargs):

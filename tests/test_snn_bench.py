@@ -2,7 +2,7 @@
 
 import torch
 
-from efficientdl.snn.bench import saved_mib
+from efficientdl.core.benchmark import saved_mib
 
 
 def test_saved_mib_counts_each_saved_storage_once():

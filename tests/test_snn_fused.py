@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from efficientdl.snn import fused
-from efficientdl.snn.functional import _constants, lif_states, resolve_backend, tsslbp
-from efficientdl.snn.models import build
+from efficientdl.snn.functional import lif_states, resolve_backend, tsslbp
+from efficientdl.snn.networks import build
+from efficientdl.snn.options import NeuronOptions
 
 P = {"tau_m": 5.0, "tau_s": 3.0, "threshold": 1.0}
 OPTIONS = [
@@ -112,7 +113,7 @@ def test_gpu_recurrences_match_reference_on_cpu(options):
         "intra_neuron": True,
         **options,
     }
-    c = _constants(P["tau_m"], P["tau_s"], P["threshold"], full)
+    c = NeuronOptions(**P, **full).constants()
     one = torch.ones((), dtype=torch.float64)
     trace, membrane = fused.forward_recurrence(current, one * c["r_m"], one * c["r_s"], one * 1.0)
     ref_out, ref_grad = _run(current, grad, "torch", **options)

@@ -3,16 +3,8 @@
 import pytest
 import torch
 
-from efficientdl.snn.functional import (
-    count_loss,
-    kernel_loss,
-    kernel_target,
-    kernel_weights,
-    lif_states,
-    predict,
-    psp,
-    tsslbp,
-)
+from efficientdl.snn.functional import kernel_weights, lif_states, psp, tsslbp
+from efficientdl.snn.losses import count_loss, kernel_loss, kernel_target, predict
 
 ATOL = 1e-8
 F64 = torch.float64

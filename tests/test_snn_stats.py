@@ -6,17 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from efficientdl import snn
 from efficientdl.snn.functional import lif_states
-from efficientdl.snn.layers import (
-    PSPEncoder,
-    SpikingConv2d,
-    SpikingDropout,
-    SpikingLinear,
-    SumPool2d,
-    TSSLBPNeuron,
-)
-from efficientdl.snn.models import build
 from efficientdl.snn.network import SpikingNetwork
+from efficientdl.snn.networks import build
 from efficientdl.snn.stats import FiringMonitor, conv_fanout, firing_summary
 
 F64 = torch.float64
@@ -28,17 +21,17 @@ def tiny_net(size: int, stride: int, padding: int) -> SpikingNetwork:
     torch.manual_seed(0)
     out = (size // 2 + 2 * padding - 3) // stride + 1
     layers = [
-        SpikingConv2d(1, 2, 3, padding=1, backend="torch"),
-        SumPool2d(2),
-        SpikingDropout(0.2),
-        SpikingConv2d(2, 3, 3, stride=stride, padding=padding, backend="torch"),
-        SpikingLinear(3 * out * out, 4, backend="torch"),
+        snn.SpikingConv2d(1, 2, 3, padding=1, backend="torch"),
+        snn.SumPool2d(2),
+        snn.SpikingDropout(0.2),
+        snn.SpikingConv2d(2, 3, 3, stride=stride, padding=padding, backend="torch"),
+        snn.SpikingLinear(3 * out * out, 4, backend="torch"),
     ]
     with torch.no_grad():
         layers[0].weight.uniform_(-0.3, 0.7)
         layers[3].weight.uniform_(-0.5, 0.6)
         layers[4].weight.uniform_(-0.5, 2.0)
-    return SpikingNetwork(PSPEncoder(3.0, T=T), layers, fold_static_input=False).to(F64)
+    return SpikingNetwork(snn.PSPEncoder(3.0, T=T), layers, fold_static_input=False).to(F64)
 
 
 def layer_spikes(net: SpikingNetwork, x: torch.Tensor) -> dict[nn.Module, torch.Tensor]:
@@ -62,7 +55,7 @@ def layer_spikes(net: SpikingNetwork, x: torch.Tensor) -> dict[nn.Module, torch.
     return spikes
 
 
-def brute_conv_synops(s_in: torch.Tensor, layer: SpikingConv2d) -> int:
+def brute_conv_synops(s_in: torch.Tensor, layer: snn.SpikingConv2d) -> int:
     """Σ over (t, n, input position) spikes × every (output channel, window) weight it touches."""
     _, _, cin, height, width = s_in.shape
     k, stride, pad = layer.kernel_size, layer.stride, layer.padding
@@ -81,7 +74,7 @@ def brute_conv_synops(s_in: torch.Tensor, layer: SpikingConv2d) -> int:
     return total
 
 
-def brute_linear_synops(s_in: torch.Tensor, layer: SpikingLinear) -> int:
+def brute_linear_synops(s_in: torch.Tensor, layer: snn.SpikingLinear) -> int:
     """Each input spike touches every one of the layer's out_features weights in its column."""
     flat = s_in.reshape(s_in.shape[0], s_in.shape[1], -1)
     total = 0
@@ -117,7 +110,7 @@ def test_synops_equal_brute_force(size, stride, padding):
 
 
 def test_conv_fanout_counts_covering_windows():
-    layer = SpikingConv2d(1, 1, 3, stride=2, padding=1, backend="torch")
+    layer = snn.SpikingConv2d(1, 1, 3, stride=2, padding=1, backend="torch")
     fanout = conv_fanout(layer, 4, 5)
     expected = torch.zeros(4, 5, dtype=F64)
     for oh in range(2):
@@ -137,7 +130,7 @@ def hand_built_currents() -> torch.Tensor:
 
 
 def test_firing_rate_and_silent_fraction_of_hand_built_spikes():
-    model = nn.Sequential(TSSLBPNeuron(backend="torch"))
+    model = nn.Sequential(snn.TSSLBPNeuron(backend="torch"))
     current = hand_built_currents()
     states = lif_states(current, tau_m=5.0, tau_s=3.0, threshold=1.0)
     assert states.spikes[:, 0, 2].tolist() == [False, True, False, True, False]

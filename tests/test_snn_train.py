@@ -13,7 +13,7 @@ import torch
 from efficientdl.core import load_checkpoint
 from efficientdl.data import ArrayDataset
 from efficientdl.snn import train as train_module
-from efficientdl.snn.models import recipe
+from efficientdl.snn.config import recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,7 +93,7 @@ DDP_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from test_snn_train import synthetic
     from efficientdl.snn.train import fit
-    from efficientdl.snn.models import recipe
+    from efficientdl.snn.config import recipe
     r = recipe("mnist_cnn", batch_size=8, epochs=2, device="cpu", seed=3, threads=1)
     data = (synthetic(24, (1, 28, 28), 0), synthetic(8, (1, 28, 28), 1))
     fit(r, run_dir=sys.argv[1], datasets=data, progress=False)

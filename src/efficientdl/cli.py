@@ -1,4 +1,5 @@
-"""The `efficientdl` command line: one sub-command per method plus `data`, `configs`, `report`.
+"""The `efficientdl` command line: one sub-command per method plus `data`, `configs`, `list`,
+`report`.
 
 A user's mistake (bad config, missing or corrupt data, an unusable run folder, a diverging run)
 prints one `error: …` line on stderr and exits 2; `EFFICIENTDL_DEBUG=1` shows the traceback.
@@ -43,6 +44,24 @@ def _configs_command(args) -> int:
 
     for name in list_recipes(args.method):
         print(name)
+    return 0
+
+
+_LISTED_KINDS = {"models": ("model", "snn"), "datasets": ("dataset",), "baselines": ("baseline",)}
+
+
+def _list_command(args) -> int:
+    """Print the registry entries of `args.what` (name, kind, input shape, doc), or the recipes."""
+    from efficientdl.core import registry
+    from efficientdl.core.recipes import list_recipes
+
+    if args.what == "recipes":
+        print("\n".join(list_recipes()))
+        return 0
+    for kind in _LISTED_KINDS[args.what]:
+        for entry in registry.entries(kind):
+            shape = "×".join(map(str, entry.input_shape)) if entry.input_shape else "-"
+            print(f"{entry.name:16s} {kind:8s} {shape:12s} {entry.doc}")
     return 0
 
 
@@ -96,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     configs = sub.add_parser("configs", help="list the recipes shipped in the package")
     configs.add_argument("method", nargs="?", choices=("snn", "ke", "adashare"), default=None)
     configs.set_defaults(func=_configs_command)
+    lister = sub.add_parser(
+        "list", help="list the registered models, datasets or baselines, or the recipes"
+    )
+    lister.add_argument("what", choices=("models", "datasets", "recipes", "baselines"))
+    lister.set_defaults(func=_list_command)
     report = sub.add_parser("report", help="combine run folders' report.md into one file")
     report.add_argument("run_dirs", nargs="+", help="run folders, each with a report.md")
     report.add_argument("--out", required=True, help="the combined Markdown file")

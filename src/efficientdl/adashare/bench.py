@@ -6,12 +6,13 @@ to weights and logits, SGD + Adam steps) of our fast path and of `exec_mode='off
 like the official code), hard-sharing step, inference of the 3 tasks under the benchmark policy
 `BENCH_POLICY` through the `TreeExecutor`, through the official masked mode and per task,
 hard-sharing inference and the backbone alone; then the executor time as more blocks are
-skipped. Variants are timed round-robin in one process (ratios stay fair under load from other
-processes).
+skipped. Variants are timed in alternating order in one process (ratios stay fair under load
+from other processes; `efficientdl.core.benchmark.time_variants`).
 
-    python benchmarks/adashare_speed.py                       # CPU: 2 threads, batch 2, 193²
-    python benchmarks/adashare_speed.py --device cuda         # batch 16, 321²
-Prints a table and writes JSON (default benchmarks/adashare_speed.json).
+    efficientdl adashare bench                                # CPU: 2 threads, batch 2, 193²
+    efficientdl adashare bench --device cuda                  # batch 16, 321²
+Prints a table and writes JSON (default benchmarks/adashare_speed.json);
+benchmarks/adashare_speed.py (same options) also checks the speed targets.
 """
 
 from __future__ import annotations
@@ -20,36 +21,27 @@ import argparse
 import contextlib
 import json
 import platform
-import statistics
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from efficientdl.adashare.executor import TreeExecutor
-from efficientdl.adashare.losses import (
+from efficientdl.adashare.model import AdaShareNet
+from efficientdl.adashare.model.executor import TreeExecutor
+from efficientdl.adashare.model.policy import Policy
+from efficientdl.adashare.objectives.losses import (
     depth_loss,
     normal_loss,
     seg_loss,
     sharing_loss,
     sparsity_loss,
 )
-from efficientdl.adashare.model import AdaShareNet
-from efficientdl.adashare.policy import Policy
+from efficientdl.core.benchmark import Timing, saved_mib, time_variants
 from efficientdl.core.errors import ConfigError, RunFolderError
 
 TASKS = {"seg": 40, "normal": 3, "depth": 1}
 # The benchmark policy (seg, normal, depth): 8, 9, 7 executed; seg and normal share 5 blocks
 BENCH_POLICY = ("0101110011001100", "0101111001001011", "1110011000001001")
-OFFICIAL_ANCHORS_MS = {  # the official code's times, (H100 B=16 321², CPU 2 cores B=2 193²)
-    "search_step": (203.0, 5166.0),
-    "hard_step": (125.8, 3265.0),
-    "policy_inference": (66.2, 1275.0),
-    "hard_inference": (43.2, 759.0),
-    "backbone": (9.0, 255.0),
-}
-OFFICIAL_SEARCH_PEAK_GB = 14.9
 # Timing protocol: 3 warm-ups, median of 15; on the CPU a search step takes ~30 s, so fewer rounds
 PROTOCOL_GPU = {"warmup": 3, "train_warmup": 3, "iters": 15, "train_iters": 15}
 PROTOCOL_CPU = {"warmup": 1, "train_warmup": 1, "iters": 5, "train_iters": 3}
@@ -68,51 +60,15 @@ def policy_from_strings(tasks, rows) -> Policy:
     return Policy(tuple(tasks), torch.tensor([[c == "1" for c in r] for r in rows]))
 
 
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def _time_rows(fns: dict, device, *, warmup: int, iters: int, desc: str = "timing") -> dict:
+    """{name: {'ms': median, 'all_ms': every timed call, 'peak_mb': CUDA peak MiB or None}} of
+    `iters` alternating rounds of `fns` after `warmup` calls each (`time_variants`)."""
+    timings = time_variants(fns, warmup=warmup, rounds=iters, device=device, progress=desc)
+    return {name: _row(t) for name, t in timings.items()}
 
 
-def timeit(fns: dict, device, *, warmup: int, iters: int, desc: str = "timing") -> dict:
-    """Median ms of each `fns[name]()` over `iters` round-robin rounds (order reversed every other
-    round, so a slow drift of the machine's load biases no variant) after `warmup` calls each, and
-    on CUDA the peak allocated memory (MB) of the call."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    _sync(device)
-    times = {name: [] for name in fns}
-    peaks = dict.fromkeys(fns, None)
-    names = list(fns)
-    for i in tqdm(range(iters), desc=desc, leave=False):
-        for name in names if i % 2 == 0 else reversed(names):  # alternate: no drift bias
-            fn = fns[name]
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(1000 * (time.perf_counter() - start))
-            if device.type == "cuda":
-                peaks[name] = torch.cuda.max_memory_allocated(device) / 2**20
-    return {
-        n: {"ms": statistics.median(t), "all_ms": t, "peak_mb": peaks[n]} for n, t in times.items()
-    }
-
-
-def saved_tensor_mb(fn) -> float:
-    """MB of distinct storages autograd saves for backward during `fn()` (activation memory, a
-    device-independent measure where no allocator statistics exist)."""
-    seen: dict[tuple, int] = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        seen[(t.device, storage.data_ptr())] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(seen.values()) / 2**20
+def _row(timing: Timing) -> dict:
+    return {"ms": timing.median_ms, "all_ms": list(timing.times_ms), "peak_mb": timing.peak_mib}
 
 
 class Setting:
@@ -248,53 +204,10 @@ def sweep_policies(num_tasks: int, num_blocks: int, skips, seed: int = 0) -> dic
     return out
 
 
-def _targets(res: dict, device, precision: str = "fp32") -> list[dict]:
-    """Each speed target for this device with its number and met/missed."""
-    main = res["main"]
-    ms = {k: v["ms"] for k, v in main.items()}
-    sweep = [res["sweep"][k]["ms"] for k in sorted(res["sweep"], key=int)]
-    hard = ms["hard_inference"]
-    out = []
-
-    def add(name, value, ok):
-        out.append({"target": name, "value": value, "met": bool(ok)})
-
-    bound = 1.05 if device.type == "cpu" else 1.0  # targets: CPU ≤ 1.05×, GPU no slower
-    for key, what in (("tree_inference", "benchmark"), ("tree_inference_learned", "learned")):
-        if key in ms:
-            add(f"tree inference ({what} policy) / hard-sharing inference <= {bound}",
-                ms[key] / hard, ms[key] <= bound * hard)  # fmt: skip
-    s_ours, s_off = ms["search_step_fast"], ms["search_step_official"]
-    if device.type == "cpu":
-        off = ms["official_policy_inference"]
-        tree = ms["tree_inference"]
-        add("official-mode policy inference / tree inference >= 1.5", off / tree, off >= 1.5 * tree)
-        add(
-            "executor time falls as more blocks are skipped",
-            sweep,
-            all(a > b for a, b in zip(sweep, sweep[1:])),
-        )
-        add("search step fast / official-mode <= 1.0", s_ours / s_off, s_ours <= s_off)
-        return out
-    add("search step <= 203/1.6 = 126.9 ms (official anchor)", s_ours, s_ours <= 203 / 1.6)
-    peak = main["search_step_fast"]["peak_mb"]
-    add(
-        f"search step peak < {OFFICIAL_SEARCH_PEAK_GB} GB and < official mode",
-        peak / 1024,
-        peak / 1024 < OFFICIAL_SEARCH_PEAK_GB and peak < main["search_step_official"]["peak_mb"],
-    )
-    speedup = 1.6 if precision == "bf16" else 1.2  # speed-up target (bf16 / fp32 channels_last)
-    add(f"official-mode search step / ours >= {speedup} ({precision})", s_off / s_ours,
-        s_off >= speedup * s_ours)  # fmt: skip
-    tree_peak = main["tree_inference"]["peak_mb"]
-    off_peak = main["official_policy_inference"]["peak_mb"]
-    add("tree inference peak / official-mode policy inference peak <= 1.1", tree_peak / off_peak,
-        tree_peak <= 1.1 * off_peak)  # fmt: skip
-    return out
-
-
-def run(args) -> dict:
-    """Run the benchmark, print the table and write the JSON; returns the result dict."""
+def run(args, annotate: Callable[[dict], None] | None = None) -> dict:
+    """Run the benchmark, print the table and write the JSON; returns the result dict.
+    `annotate(result)`, if given, may add to the result before it is written (benchmarks/
+    adashare_speed.py adds its speed targets)."""
     device = torch.device(
         "cuda"
         if args.device == "auto" and torch.cuda.is_available()
@@ -319,6 +232,8 @@ def run(args) -> dict:
     finally:
         if flushed:
             torch.set_flush_denormal(False)
+    if annotate is not None:
+        annotate(res)
     print(format_table(res))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1))
@@ -347,7 +262,7 @@ def _measure(args, device) -> dict:
     if tuned:
         main["search_step_fast_nchw_fp32"] = lambda: off.search_step("fast")
     res = {
-        "main": timeit(
+        "main": _time_rows(
             main, device, warmup=args.train_warmup, iters=args.train_iters, desc="training steps"
         )
     }
@@ -366,7 +281,7 @@ def _measure(args, device) -> dict:
         infer["tree_inference_learned"] = lambda: learned(ours.x)
         infer["official_learned_inference"] = lambda: off.infer(learned.policy, "official")
     res["main"].update(
-        timeit(infer, device, warmup=args.warmup, iters=args.iters, desc="inference")
+        _time_rows(infer, device, warmup=args.warmup, iters=args.iters, desc="inference")
     )
     for name, st, fn in (
         ("search_step_fast", ours, lambda: ours.forward_search("fast")),
@@ -374,12 +289,12 @@ def _measure(args, device) -> dict:
         ("hard_step", ours, ours.forward_hard),
     ):
         st.model.train()
-        res["main"][name]["saved_mb"] = saved_tensor_mb(fn)
+        res["main"][name]["saved_mb"] = saved_mib(fn)
     tree(ours.x)
     res["tree_stats"] = tree.stats()
     sweep = sweep_policies(len(TASKS), ours.model.num_blocks, args.sweep)
     execs = {s: ours.executor(p) for s, p in sweep.items()}
-    timed = timeit(
+    timed = _time_rows(
         {str(s): (lambda e=e: e(ours.x)) for s, e in execs.items()},
         device,
         warmup=1,
@@ -389,7 +304,6 @@ def _measure(args, device) -> dict:
     for s, e in execs.items():
         timed[str(s)]["macs"] = e.stats()["macs"]
     res["sweep"] = timed
-    res["targets"] = _targets(res, device, args.precision)
     res["config"] = {
         "device": str(device),
         "machine": platform.processor() or platform.machine(),
@@ -409,20 +323,19 @@ def _measure(args, device) -> dict:
         "train_iters": args.train_iters,
         "policy": list(args.policy),
         "learned_policy_run": args.run_dir,
-        "official_anchor_ms": OFFICIAL_ANCHORS_MS,
         "flush_denormal": device.type == "cpu",
     }
     return res
 
 
 def format_table(res: dict) -> str:
-    """Markdown tables of a result dict (main rows, sweep, targets)."""
+    """Markdown tables of a result dict (main rows, skip sweep)."""
     m = res["main"]
 
     def mem(row):
         if row.get("peak_mb") is not None:
-            return f"{row['peak_mb'] / 1024:.2f} GB peak"
-        return f"{row['saved_mb']:.0f} MB saved" if "saved_mb" in row else "n/a"
+            return f"{row['peak_mb'] / 1024:.2f} GiB peak"
+        return f"{row['saved_mb']:.0f} MiB saved" if "saved_mb" in row else "n/a"
 
     rows = [
         ("policy-search step, ours (fast)", "search_step_fast", "search_step_official"),
@@ -472,11 +385,6 @@ def format_table(res: dict) -> str:
     lines += ["", "| blocks skipped (all tasks) | ms | GMACs/image |", "|---:|---:|---:|"]
     for s, row in res["sweep"].items():
         lines.append(f"| {s} | {row['ms']:.1f} | {row['macs'] / 1e9:.2f} |")
-    lines += ["", "| target | value | met |", "|---|---|---|"]
-    for t in res["targets"]:
-        v = t["value"]
-        v = f"{v:.3f}" if isinstance(v, float) else ", ".join(f"{x:.0f}" for x in v)
-        lines.append(f"| {t['target']} | {v} | {'met' if t['met'] else 'missed'} |")
     return "\n".join(lines)
 
 

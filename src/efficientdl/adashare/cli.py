@@ -111,8 +111,8 @@ def existing_run(args) -> dict:
 
 
 def _visualize(args) -> int:
-    from efficientdl.adashare.policy import Policy
-    from efficientdl.adashare.viz import plot_policy
+    from efficientdl.adashare.model import Policy
+    from efficientdl.adashare.reporting.viz import plot_policy
 
     existing_run(args)
     paths = sorted((Path(args.run_dir) / "policies").glob("policy_*.json"))
@@ -127,7 +127,8 @@ def _visualize(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from efficientdl.adashare.trainer import FREE, AdaShareTrainer
+    from efficientdl.adashare.phases.context import FREE, open_context
+    from efficientdl.adashare.phases.select import evaluate
     from efficientdl.core.config import to_dict
     from efficientdl.core.run import config_differences
 
@@ -138,10 +139,10 @@ def _evaluate(args) -> int:
         raise ConfigError(
             f"evaluate reads the run in {args.run_dir} with its stored config: {problems[0]}"
         )
-    trainer = AdaShareTrainer(cfg, run_dir=args.run_dir)
-    out = trainer.evaluate(args.split)
-    if trainer.ctx.is_main:
-        print(f"run folder: {trainer.run_dir}")
+    ctx = open_context(cfg, run_dir=args.run_dir)
+    out = evaluate(ctx, args.split)
+    if ctx.dist.is_main:
+        print(f"run folder: {ctx.run_dir}")
         print(json.dumps(out, indent=1, default=str)[:20000])
     return 0
 
@@ -152,7 +153,7 @@ def _run(args) -> int:
     if args.action == "evaluate":
         return _evaluate(args)
     from efficientdl.adashare.config import ABLATIONS, BASELINES
-    from efficientdl.adashare.trainer import AdaShareTrainer
+    from efficientdl.adashare.phases.context import open_context
     from efficientdl.core.run import stored_config
 
     if args.resume and args.run_dir is None:
@@ -169,44 +170,44 @@ def _run(args) -> int:
     if args.action == "retrain" and args.sample is not None and not 0 <= args.sample < num:
         raise ConfigError(f"--sample must be in 0..{num - 1} (sample.num={num}), got {args.sample}")
     try:
-        trainer = AdaShareTrainer(
-            cfg,
-            run_dir=args.run_dir,
-            resume=args.resume,
-            tensorboard=args.tensorboard,
+        ctx = open_context(
+            cfg, run_dir=args.run_dir, resume=args.resume, tensorboard=args.tensorboard
         )
     except BaseException:
         args.resumable = args.resume  # a fresh start that failed here left nothing to resume
         raise
-    args.run_dir = str(trainer.run_dir)  # the default folder too: Ctrl-C names it
-    main = trainer.ctx.is_main
+    args.run_dir = str(ctx.run_dir)  # the default folder too: Ctrl-C names it
+    main = ctx.dist.is_main
     if main:
-        print(f"run folder: {trainer.run_dir}", flush=True)
+        print(f"run folder: {ctx.run_dir}", flush=True)
     try:
-        out = _phase(trainer, args)
+        out = _phase(ctx, args)
     except BaseException:
-        if not trainer.run.started and not trainer.run.resume:
+        if not ctx.run.started and not ctx.run.resume:
             args.resumable = False  # nothing to resume: the run never reached its first step
-            trainer.run.abandon()
+            ctx.run.abandon()
         raise
     finally:
-        trainer.close()
+        ctx.close()
     if args.action != "pipeline":
-        trainer.write_summary(args.action, out)
+        ctx.write_summary(args.action, out)
     if main:
         print(json.dumps(out, indent=1, default=str)[:20000])
     return 0
 
 
-def _phase(trainer, args):
+def _phase(ctx, args):
     """Run the phase `args.action` of a train command; its JSON-ready result."""
+    from efficientdl.adashare.phases import phase, pipeline, run_baseline
+    from efficientdl.adashare.phases.phase import SAMPLE
+    from efficientdl.adashare.phases.retrain import retrain
+
     if args.action == "retrain" and args.sample is not None:
-        policies = trainer.sample()
-        return trainer.retrain(policies[args.sample], args.sample)
-    if args.action == "retrain":
-        return trainer.retrain_all()
+        return retrain(ctx, SAMPLE.run(ctx)[args.sample], args.sample)
     if args.action == "sample":
-        return [p.to_dict() for p in trainer.sample()]
+        return [p.to_dict() for p in SAMPLE.run(ctx)]
     if args.action == "baseline":
-        return trainer.run_baseline(args.name)
-    return getattr(trainer, args.action)()
+        return run_baseline(ctx, args.name)
+    if args.action == "pipeline":
+        return pipeline(ctx)
+    return phase(args.action).run(ctx)

@@ -13,6 +13,8 @@ from efficientdl.data.cifar10 import (
     read_cifar_batch,
 )
 from efficientdl.data.cityscapes import CityScapes
+from efficientdl.data.classification import available, get_dataset, known
+from efficientdl.data.dense_tasks import dense_splits  # noqa: F401 (registers the dense datasets)
 from efficientdl.data.digits import load_digits, read_digits
 from efficientdl.data.fashion_mnist import fashion_mnist_stats, load_fashion_mnist
 from efficientdl.data.fetch import fetch
@@ -27,7 +29,6 @@ from efficientdl.data.mnist import (
 from efficientdl.data.multi_mnist import MultiMNIST
 from efficientdl.data.nmnist import NMNIST, decode_events, events_to_frames, read_events
 from efficientdl.data.nyuv2 import NYUv2
-from efficientdl.data.registry import available, get_dataset, known
 from efficientdl.data.scenes import ProceduralScenes
 from efficientdl.data.subsets import per_class_indices, random_shift, subset
 from efficientdl.data.taskonomy import Taskonomy

@@ -41,6 +41,13 @@ def search_dirs(root: str | os.PathLike | None, subdirs: tuple[str, ...]) -> lis
     return [base, *(base / sub for sub in subdirs)]
 
 
+def not_found(label: str, missing: str, dirs: list[Path], fix: str) -> DatasetNotFoundError:
+    """The error for dataset `label` whose files (`missing`) are in none of `dirs`; `fix` says
+    how to get them."""
+    looked = ", ".join(str(d) for d in dirs)
+    return DatasetNotFoundError(f"{label} not found: no {missing} in {looked}; {fix}")
+
+
 def refetch_hint(name: str) -> str:
     """The standard 'how to fix it' sentence for a damaged file of a fetchable dataset."""
     return f"delete it and run `efficientdl data fetch {name}`"

@@ -16,7 +16,13 @@ import torch
 
 from efficientdl.core.errors import ConfigError, DataError
 from efficientdl.data.arrays import ArrayDataset
-from efficientdl.data.cache import DatasetFormatError, DatasetNotFoundError, root_hint, search_dirs
+from efficientdl.data.cache import (
+    DatasetFormatError,
+    DatasetNotFoundError,
+    not_found,
+    root_hint,
+    search_dirs,
+)
 from efficientdl.data.safe_pickle import load_data_pickle
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -36,11 +42,8 @@ def find_cifar10(root: str | os.PathLike | None = None) -> Path:
     for folder in dirs:
         if all((folder / name).is_file() for name in TRAIN_BATCHES + TEST_BATCHES):
             return folder
-    looked = ", ".join(str(d) for d in dirs)
-    raise DatasetNotFoundError(
-        f"CIFAR-10 not found: no data_batch_1..5 + test_batch in {looked}; extract "
-        f"cifar-10-python.tar.gz and {root_hint('cifar10', fetchable=False)}"
-    )
+    fix = f"extract cifar-10-python.tar.gz and {root_hint('cifar10', fetchable=False)}"
+    raise not_found("CIFAR-10", "data_batch_1..5 + test_batch", dirs, fix)
 
 
 def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

@@ -11,9 +11,6 @@ from __future__ import annotations
 import functools
 import gzip
 import os
-import sys
-import tempfile
-import zipfile
 import zlib
 from pathlib import Path
 
@@ -21,20 +18,17 @@ import numpy as np
 import torch
 
 from efficientdl.core.errors import ConfigError
-from efficientdl.core.log import get_logger
 from efficientdl.data.arrays import ArrayDataset
 from efficientdl.data.cache import (
     DatasetFormatError,
     DatasetNotFoundError,
-    FetchError,
+    not_found,
     refetch_hint,
     root_hint,
     search_dirs,
 )
 
-FILE_NAME = "digits.csv.gz"
-WHEEL_MEMBER = "sklearn/datasets/data/digits.csv.gz"
-PACKAGE = "scikit-learn"
+CSV_NAME = "digits.csv.gz"
 SPLIT_SEED = 0
 
 
@@ -45,12 +39,9 @@ def find_digits(root: str | os.PathLike | None = None) -> Path:
         return Path(root).expanduser()
     dirs = search_dirs(root, ("digits",))
     for folder in dirs:
-        if (folder / FILE_NAME).is_file():
-            return folder / FILE_NAME
-    looked = ", ".join(str(d) for d in dirs)
-    raise DatasetNotFoundError(
-        f"digits not found: no {FILE_NAME} in {looked}; {root_hint('digits', fetchable=True)}"
-    )
+        if (folder / CSV_NAME).is_file():
+            return folder / CSV_NAME
+    raise not_found("digits", CSV_NAME, dirs, root_hint("digits", fetchable=True))
 
 
 def parse_digits(payload: bytes, path: Path, *, fix: str = "") -> tuple[np.ndarray, np.ndarray]:
@@ -118,43 +109,3 @@ def load_digits(
     if normalize == "standard":
         x = (x - 0.5) / 0.5
     return ArrayDataset(x, torch.from_numpy(labels[idx]), name=f"digits-{split}", num_classes=10)
-
-
-def fetch_digits(dest: Path) -> Path:
-    """`pip download --no-deps --only-binary=:all: scikit-learn` into a temporary folder and
-    extract `digits.csv.gz` into `dest/digits`. A cached file is reused if it reads whole (a
-    gzip CSV of 64 pixels 0..16 + a label 0..9 per row); a damaged one is logged, deleted and
-    fetched again."""
-    from efficientdl.data.fetch import _run, write_atomic
-
-    log = get_logger("data")
-    folder = dest / "digits"
-    target = folder / FILE_NAME
-    if target.is_file():
-        try:
-            parse_digits(target.read_bytes(), target)
-            log.info("%s: read whole, verified", target)
-            return folder
-        except DatasetFormatError as err:
-            log.warning("%s; deleting it and fetching it again", err)
-            target.unlink()
-    folder.mkdir(parents=True, exist_ok=True)
-    hint = f"check the network/pip, or put {FILE_NAME} from a scikit-learn wheel into {folder}"
-    with tempfile.TemporaryDirectory(prefix="efficientdl-digits-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               PACKAGE, "-d", tmp]  # fmt: skip
-        _run(cmd, cwd=Path(tmp), hint=hint)
-        wheels = sorted(Path(tmp).glob("scikit_learn-*.whl"))
-        if not wheels:
-            raise FetchError(f"pip download left no scikit_learn-*.whl; {hint}")
-        try:
-            with zipfile.ZipFile(wheels[-1]) as wheel:
-                payload = wheel.read(WHEEL_MEMBER)
-        except (KeyError, zipfile.BadZipFile) as err:
-            raise FetchError(f"{wheels[-1].name}: no {WHEEL_MEMBER} ({err})") from err
-        try:
-            parse_digits(payload, Path(wheels[-1].name) / WHEEL_MEMBER, fix="nothing was kept")
-        except DatasetFormatError as err:
-            raise FetchError(str(err)) from err
-    write_atomic(target, payload)
-    return folder

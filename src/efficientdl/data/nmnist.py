@@ -15,7 +15,13 @@ import numpy as np
 import torch
 
 from efficientdl.core.errors import ConfigError
-from efficientdl.data.cache import DatasetFormatError, DatasetNotFoundError, root_hint, search_dirs
+from efficientdl.data.cache import (
+    DatasetFormatError,
+    DatasetNotFoundError,
+    not_found,
+    root_hint,
+    search_dirs,
+)
 
 SIZE = 34
 BIN_US = 3000
@@ -110,11 +116,8 @@ def find_nmnist(root: str | os.PathLike | None = None) -> Path:
     for folder in dirs:
         if all((folder / d).is_dir() for d in _SPLIT_DIRS.values()):
             return folder
-    looked = ", ".join(str(d) for d in dirs)
-    raise DatasetNotFoundError(
-        f"N-MNIST not found: no Train/ and Test/ folders in {looked}; "
-        f"{root_hint('nmnist', fetchable=False)}"
-    )
+    raise not_found("N-MNIST", "Train/ and Test/ folders", dirs,
+                    root_hint("nmnist", fetchable=False))  # fmt: skip
 
 
 def _list_samples(folder: Path) -> tuple[list[Path], list[int]]:
@@ -203,3 +206,10 @@ class NMNIST:
             return torch.zeros(self.T, 0, 2, SIZE, SIZE), self.labels[idx]
         x = torch.stack([self.frames(int(i)) for i in idx], dim=1)
         return x, self.labels[idx]
+
+
+def load_nmnist(
+    split: str, *, root: str | os.PathLike | None = None, T: int = 30, binning: str = "official"
+) -> NMNIST:
+    """N-MNIST `split`, each recording binned into `T` frames by `binning` (see `frame_index`)."""
+    return NMNIST(root, split, T=T, binning=binning)

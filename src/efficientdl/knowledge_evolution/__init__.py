@@ -7,6 +7,7 @@ between generations (`reinitialize`), drive the generations with checkpoints and
 (`extract_slim`).
 """
 
+from efficientdl.knowledge_evolution.config import KEConfig
 from efficientdl.knowledge_evolution.cost import cost
 from efficientdl.knowledge_evolution.driver import (
     GenerationContext,
@@ -14,19 +15,15 @@ from efficientdl.knowledge_evolution.driver import (
     evolve,
     stream_seed,
 )
+from efficientdl.knowledge_evolution.evaluation import accuracy_fn
 from efficientdl.knowledge_evolution.experiment import run_experiment
 from efficientdl.knowledge_evolution.graph import KEStructureError
+from efficientdl.knowledge_evolution.losses import class_partners, cskd_loss
 from efficientdl.knowledge_evolution.masks import forget_from, is_kernel_level, keep, split
-from efficientdl.knowledge_evolution.recipe import (
-    KEConfig,
-    accuracy_fn,
-    class_partners,
-    cskd_loss,
-    lr_at,
-    recipe_train_fn,
-)
 from efficientdl.knowledge_evolution.reinit import init_weights, masked_copy, reinitialize
+from efficientdl.knowledge_evolution.schedule import lr_at
 from efficientdl.knowledge_evolution.slim import extract_slim
+from efficientdl.knowledge_evolution.training import recipe_train_fn
 
 __all__ = [
     "GenerationContext",

@@ -36,7 +36,7 @@ def register(sub) -> None:
 
 
 def _config(args, stored=None):
-    from efficientdl.knowledge_evolution.recipe import KEConfig
+    from efficientdl.knowledge_evolution.config import KEConfig
 
     return config_from_args(KEConfig, args, stored=stored).validate()
 
@@ -74,7 +74,8 @@ def _train(args) -> int:
 def _bench(args) -> int:
     import torch
 
-    from efficientdl.knowledge_evolution.bench import cost_row, forward_fn, latency
+    from efficientdl.core.benchmark import time_variants
+    from efficientdl.knowledge_evolution.bench import cost_row, forward_fn
     from efficientdl.knowledge_evolution.experiment import build, make_masks
     from efficientdl.knowledge_evolution.slim import extract_slim
 
@@ -107,9 +108,9 @@ def _bench(args) -> int:
         ) from None
     for b in args.batch:
         fns = {name: forward_fn(net, x[:b]) for name, net in nets.items()}
-        ms = latency(fns, device=x.device, warmup=3, runs=args.runs)
+        timings = time_variants(fns, warmup=3, rounds=args.runs, device=x.device)
         for row in rows:
-            row[f"cpu_ms_b{b}"] = ms[row["net"]]
+            row[f"cpu_ms_b{b}"] = timings[row["net"]].median_ms
     print(f"{'net':<16} {'params':>12} {'MACs':>14} " + " ".join(f"{'ms b' + str(b):>10}"
                                                                for b in args.batch))  # fmt: skip
     for row in rows:

@@ -69,9 +69,7 @@ def _global_batch_norm(self: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
     if self.track_running_stats:
         self.num_batches_tracked.add_(1)
         factor = (
-            1.0 / float(self.num_batches_tracked)
-            if self.momentum is None
-            else float(self.momentum)
+            1.0 / float(self.num_batches_tracked) if self.momentum is None else float(self.momentum)
         )
         n = float(count)
         with torch.no_grad():

@@ -26,9 +26,10 @@ from efficientdl.core import (
 )
 from efficientdl.core.distributed import barrier, current_context
 from efficientdl.core.log import get_logger
-from efficientdl.knowledge_evolution.masks import Masks, is_kernel_level
-from efficientdl.knowledge_evolution.reinit import INITS, check_masks, masked_copy, reinitialize
-from efficientdl.knowledge_evolution.report import _atomic_text, plot_generations, write_history
+from efficientdl.core.run import write_json_atomic
+from efficientdl.knowledge_evolution.masks import Masks, check_masks, is_kernel_level
+from efficientdl.knowledge_evolution.reinit import INITS, masked_copy, reinitialize
+from efficientdl.knowledge_evolution.report import plot_generations, write_history
 from efficientdl.knowledge_evolution.slim import extract_slim
 
 STREAMS = ("reinit", "train", "mask")
@@ -200,7 +201,7 @@ class KnowledgeEvolution:
         barrier(current_context())
         if _is_main():
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_text(meta, json.dumps(config, indent=2))
+            write_json_atomic(meta, config)
             if not (self.run_dir / "masks.pt").exists():
                 save_checkpoint(self.run_dir / "masks.pt", self.masks)
         return first, started

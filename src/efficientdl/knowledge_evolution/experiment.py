@@ -22,6 +22,7 @@ from efficientdl.core import (
     UserError,
     init_distributed,
     open_run,
+    registry,
     seed_everything,
     select_device,
     to_dict,
@@ -33,14 +34,15 @@ from efficientdl.core.runtime import default_run_dir
 from efficientdl.core.tensorboard import Scalars, require_tensorboard
 from efficientdl.data import get_dataset, per_class_indices, subset
 from efficientdl.data.cache import data_home
+from efficientdl.knowledge_evolution.config import KEConfig
 from efficientdl.knowledge_evolution.cost import cost
 from efficientdl.knowledge_evolution.driver import KnowledgeEvolution
+from efficientdl.knowledge_evolution.evaluation import accuracy_fn
 from efficientdl.knowledge_evolution.masks import is_kernel_level, split
-from efficientdl.knowledge_evolution.recipe import KEConfig, accuracy_fn, recipe_train_fn
 from efficientdl.knowledge_evolution.reinit import init_weights
 from efficientdl.knowledge_evolution.report import write_report
 from efficientdl.knowledge_evolution.slim import extract_slim
-from efficientdl.models import build_model, get_builder
+from efficientdl.knowledge_evolution.training import recipe_train_fn
 
 METHOD = "ke"
 EXTENDS = ("generations",)
@@ -89,18 +91,18 @@ def build(config: KEConfig, *, num_classes: int, in_channels: int) -> nn.Module:
     seeded by `config.seed`. An unknown model name is a ConfigError."""
     seed_everything(config.seed)
     try:
-        builder = get_builder(config.model)
-    except ValueError as err:
+        entry = registry.get("model", config.model)
+    except ConfigError as err:
         raise ConfigError(f"config key 'model': {err}") from None
     options = {"num_classes": num_classes, "in_channels": config.in_channels or in_channels}
-    accepted = inspect.signature(builder).parameters
+    accepted = inspect.signature(entry.build).parameters
     if "stem" in accepted:
         options["stem"] = config.stem
     if config.width is not None:
         if "width" not in accepted:
             raise ConfigError(f"config key 'width': model {config.model!r} has no width option")
         options["width"] = config.width
-    model = build_model(config.model, **options)
+    model = entry.create(**options)
     init_weights(model, generator=torch.Generator().manual_seed(config.seed))
     return model
 
@@ -229,8 +231,9 @@ def _run(config, device, dist_ctx: DistContext, run_dir, resume, tensorboard, on
         driver = KnowledgeEvolution(
             model.to(device),
             masks,
-            train_fn=recipe_train_fn(config, train, device=device, epochs=epochs,
-                                     on_epoch=on_epoch),  # fmt: skip
+            train_fn=recipe_train_fn(
+                config, train, device=device, epochs=epochs, on_epoch=on_epoch
+            ),  # fmt: skip
             eval_fn=accuracy_fn(test, device=device, batch_size=config.eval_batch_size),
             generations=generations,
             run_dir=path,

@@ -138,6 +138,23 @@ def forget_from(model: nn.Module, start: str) -> Masks:
     return _ordered(model, masks)
 
 
+def check_masks(model: nn.Module, masks: Masks) -> dict[str, nn.Parameter]:
+    """The masked parameters by name, after checking keys, shapes and dtypes (errors name the
+    key)."""
+    params = dict(model.named_parameters())
+    for key, mask in masks.items():
+        if key not in params:
+            raise ValueError(f"mask key {key!r} is not a parameter of {type(model).__name__}")
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            raise ValueError(f"mask for {key!r} must be a torch.bool tensor, got {mask!r:.60}")
+        if tuple(mask.shape) != tuple(params[key].shape):
+            raise ValueError(
+                f"mask for {key!r} has shape {tuple(mask.shape)}, parameter has "
+                f"{tuple(params[key].shape)}"
+            )
+    return {k: params[k] for k in params if k in masks}
+
+
 def kernel_factors(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(rows, cols) bool vectors if `mask` (dim ≥ 2) equals rows × cols broadcast over the
     kernel with both non-empty, else None."""

@@ -8,7 +8,8 @@ import math
 import torch
 from torch import nn
 
-from efficientdl.knowledge_evolution.masks import Masks, split_layers
+from efficientdl.knowledge_evolution.masks import Masks, check_masks, split_layers
+from efficientdl.knowledge_evolution.slim import kels_structure
 
 INITS = ("default", "kaiming_normal", "zero")
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -17,23 +18,6 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 def fan_in(weight: torch.Tensor) -> int:
     """C_in/groups·k_h·k_w of a conv weight [C_out, C_in/groups, k…], in_features of a linear."""
     return math.prod(weight.shape[1:])
-
-
-def check_masks(model: nn.Module, masks: Masks) -> dict[str, nn.Parameter]:
-    """The masked parameters by name, after checking keys, shapes and dtypes (errors name the
-    key)."""
-    params = dict(model.named_parameters())
-    for key, mask in masks.items():
-        if key not in params:
-            raise ValueError(f"mask key {key!r} is not a parameter of {type(model).__name__}")
-        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-            raise ValueError(f"mask for {key!r} must be a torch.bool tensor, got {mask!r:.60}")
-        if tuple(mask.shape) != tuple(params[key].shape):
-            raise ValueError(
-                f"mask for {key!r} has shape {tuple(mask.shape)}, parameter has "
-                f"{tuple(params[key].shape)}"
-            )
-    return {k: params[k] for k in params if k in masks}
 
 
 def _weight_of(model: nn.Module, key: str) -> torch.Tensor:
@@ -92,8 +76,6 @@ def reinitialize(
 
 
 def _bn_reset_channels(model: nn.Module, masks: Masks) -> dict[str, torch.Tensor]:
-    from efficientdl.knowledge_evolution.slim import kels_structure
-
     structure = kels_structure(model, masks)
     out = {}
     for name, kept in structure.norms.items():

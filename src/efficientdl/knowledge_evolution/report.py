@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+
 NETS = ("dense", "fit", "reset")
 
 
@@ -51,13 +53,9 @@ def plot_generations(
     history: list[dict[str, Any]], path: str | Path, *, metric: str = "accuracy", title: str = ""
 ) -> Path:
     """Metric of the dense, fit (slim) and reset nets against generation (numbered from 1)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.add_subplot()
     styles = {"dense": "o-", "fit": "s-", "reset": "^--"}
     labels = {"dense": "dense", "fit": "fit hypothesis (slim)", "reset": "reset hypothesis"}
     for net in NETS:
@@ -74,7 +72,6 @@ def plot_generations(
         ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 

@@ -8,8 +8,7 @@ import torch
 from torch import nn
 
 from efficientdl.knowledge_evolution.graph import NORM_TYPES, Structure, analyse
-from efficientdl.knowledge_evolution.masks import Masks, kernel_factors, split_layers
-from efficientdl.knowledge_evolution.reinit import check_masks
+from efficientdl.knowledge_evolution.masks import Masks, check_masks, kernel_factors, split_layers
 
 NOT_KELS = "mask for {!r} is not kernel-level (KELS); WELS has no slim network"
 
@@ -56,6 +55,16 @@ def kels_structure(
     return structure
 
 
+_CONV_HYPERS = ("kernel_size", "stride", "padding", "dilation", "padding_mode")
+_NORM_HYPERS = ("eps", "momentum", "affine", "track_running_stats")
+
+
+def _like(ref: nn.Module, *sizes: int, copied: tuple[str, ...], **kwargs) -> nn.Module:
+    """A new module of `ref`'s class with the given channel sizes, `ref`'s values of the
+    hyper-parameters named in `copied`, and `kwargs`."""
+    return type(ref)(*sizes, **{name: getattr(ref, name) for name in copied}, **kwargs)
+
+
 def _narrow_layer(layer, ref: nn.Module) -> nn.Module:
     rows = torch.tensor(layer.rows, dtype=torch.long, device=ref.weight.device)
     cols = torch.tensor(layer.cols, dtype=torch.long, device=ref.weight.device)
@@ -66,16 +75,13 @@ def _narrow_layer(layer, ref: nn.Module) -> nn.Module:
         weight = w[rows][:, cols]
     else:
         groups = len(rows) if layer.depthwise else 1
-        new = type(ref)(
+        new = _like(
+            ref,
             len(rows) if layer.depthwise else len(cols),
             len(rows),
-            kernel_size=ref.kernel_size,
-            stride=ref.stride,
-            padding=ref.padding,
-            dilation=ref.dilation,
+            copied=_CONV_HYPERS,
             groups=groups,
             bias=ref.bias is not None,
-            padding_mode=ref.padding_mode,
             device=w.device,
             dtype=w.dtype,
         )
@@ -91,15 +97,7 @@ def _narrow_norm(kept: tuple[int, ...], ref: nn.Module) -> nn.Module:
     device = next(iter(ref.buffers()), next(iter(ref.parameters()), torch.empty(0))).device
     dtype = ref.weight.dtype if ref.weight is not None else torch.float32
     idx = torch.tensor(kept, dtype=torch.long, device=device)
-    new = type(ref)(
-        len(kept),
-        eps=ref.eps,
-        momentum=ref.momentum,
-        affine=ref.affine,
-        track_running_stats=ref.track_running_stats,
-        device=device,
-        dtype=dtype,
-    )
+    new = _like(ref, len(kept), copied=_NORM_HYPERS, device=device, dtype=dtype)
     with torch.no_grad():
         for pname in ("weight", "bias"):
             if getattr(ref, pname) is not None:

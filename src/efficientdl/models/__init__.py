@@ -1,6 +1,6 @@
-"""Generic CNNs shared by the methods: torchvision-compatible ResNets and a small CNN."""
+"""Generic CNNs shared by the methods: torchvision-compatible ResNets and a small CNN, each
+registered as a `model` entry of `efficientdl.core.registry` (`create("model", "resnet18")`)."""
 
-from efficientdl.models.registry import build_model, get_builder, list_models, register_model
 from efficientdl.models.resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50
 from efficientdl.models.small_cnn import SmallCNN, small_cnn
 
@@ -9,10 +9,6 @@ __all__ = [
     "Bottleneck",
     "ResNet",
     "SmallCNN",
-    "build_model",
-    "get_builder",
-    "list_models",
-    "register_model",
     "resnet18",
     "resnet34",
     "resnet50",

@@ -8,10 +8,13 @@ works with `strict=True`. `stem='cifar'` swaps in a 3×3 stride-1 `conv1` and an
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
-from efficientdl.models.registry import register_model
+from efficientdl.core.registry import register
+from efficientdl.models.checks import check_positive_ints
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -74,14 +77,18 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """conv1-bn1-relu-maxpool, layer1..4, avgpool, fc (torchvision names)."""
+    """conv1-bn1-relu-maxpool, layer1..4, avgpool, fc (torchvision names).
+
+    `in_channels` changes conv1 only; `stem='cifar'` gives a 3×3 stride-1 conv1 and an identity
+    maxpool; `width` scales the base width 64; `zero_init_residual` zeroes each block's last BN γ.
+    """
 
     def __init__(
         self,
+        num_classes: int = 1000,
         *,
         block: type[BasicBlock] | type[Bottleneck],
         layers: tuple[int, int, int, int],
-        num_classes: int = 1000,
         in_channels: int = 3,
         stem: str = "imagenet",
         width: int = 64,
@@ -90,13 +97,7 @@ class ResNet(nn.Module):
         super().__init__()
         if stem not in ("imagenet", "cifar"):
             raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
-        for key, value in (
-            ("num_classes", num_classes),
-            ("in_channels", in_channels),
-            ("width", width),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{key} must be a positive int, got {value!r}")
+        check_positive_ints(num_classes=num_classes, in_channels=in_channels, width=width)
         big = stem == "imagenet"
         self.conv1 = nn.Conv2d(
             in_channels, width, 7 if big else 3, stride=2 if big else 1, padding=3 if big else 1,
@@ -139,72 +140,18 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-@register_model("resnet18")
-def resnet18(
-    num_classes: int = 1000,
-    *,
-    in_channels: int = 3,
-    stem: str = "imagenet",
-    width: int = 64,
-    zero_init_residual: bool = False,
-) -> ResNet:
-    """ResNet-18 (BasicBlock, [2, 2, 2, 2]); 11,689,512 parameters with 1000 classes.
-
-    `in_channels` changes conv1 only; `stem='cifar'` gives a 3×3 stride-1 conv1 and an identity
-    maxpool; `width` scales the base width 64; `zero_init_residual` zeroes each block's last BN γ.
-    """
-    return ResNet(
-        block=BasicBlock,
-        layers=(2, 2, 2, 2),
-        num_classes=num_classes,
-        in_channels=in_channels,
-        stem=stem,
-        width=width,
-        zero_init_residual=zero_init_residual,
+def _variant(name: str, block: type[BasicBlock] | type[Bottleneck], layers, params: str):
+    """`ResNet` with `block` and `layers` fixed, registered as model `name`: called as
+    `(num_classes=1000, *, in_channels=3, stem='imagenet', width=64, zero_init_residual=False)`;
+    `params` is its parameter count with 1000 classes (torchvision's documentation)."""
+    doc = (
+        f"ResNet-{name[6:]} ({block.__name__}, {list(layers)}); {params} parameters (1000 classes)"
     )
+    build = functools.partial(ResNet, block=block, layers=layers)
+    build.__doc__ = f"{doc}; options as for `ResNet`."
+    return register("model", name, input_shape=(3, 224, 224), doc=doc, num_classes=1000)(build)
 
 
-@register_model("resnet34")
-def resnet34(
-    num_classes: int = 1000,
-    *,
-    in_channels: int = 3,
-    stem: str = "imagenet",
-    width: int = 64,
-    zero_init_residual: bool = False,
-) -> ResNet:
-    """ResNet-34 (BasicBlock, [3, 4, 6, 3]); 21,797,672 parameters with 1000 classes.
-
-    Options as for `resnet18`."""
-    return ResNet(
-        block=BasicBlock,
-        layers=(3, 4, 6, 3),
-        num_classes=num_classes,
-        in_channels=in_channels,
-        stem=stem,
-        width=width,
-        zero_init_residual=zero_init_residual,
-    )
-
-
-@register_model("resnet50")
-def resnet50(
-    num_classes: int = 1000,
-    *,
-    in_channels: int = 3,
-    stem: str = "imagenet",
-    width: int = 64,
-    zero_init_residual: bool = False,
-) -> ResNet:
-    """ResNet-50 (Bottleneck, [3, 4, 6, 3]); 25,557,032 parameters with 1000 classes.
-
-    Options as for `resnet18`."""
-    return ResNet(
-        block=Bottleneck,
-        layers=(3, 4, 6, 3),
-        num_classes=num_classes,
-        in_channels=in_channels,
-        stem=stem,
-        width=width,
-        zero_init_residual=zero_init_residual,
-    )
+resnet18 = _variant("resnet18", BasicBlock, (2, 2, 2, 2), "11,689,512")
+resnet34 = _variant("resnet34", BasicBlock, (3, 4, 6, 3), "21,797,672")
+resnet50 = _variant("resnet50", Bottleneck, (3, 4, 6, 3), "25,557,032")

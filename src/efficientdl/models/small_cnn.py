@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from efficientdl.models.registry import register_model
+from efficientdl.core.registry import register
+from efficientdl.models.checks import check_positive_ints
 
 
 def _stage(cin: int, cout: int) -> nn.Sequential:
@@ -25,13 +26,7 @@ class SmallCNN(nn.Module):
 
     def __init__(self, *, num_classes: int, in_channels: int = 1, width: int = 32) -> None:
         super().__init__()
-        for key, value in (
-            ("num_classes", num_classes),
-            ("in_channels", in_channels),
-            ("width", width),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{key} must be a positive int, got {value!r}")
+        check_positive_ints(num_classes=num_classes, in_channels=in_channels, width=width)
         self.stage1 = _stage(in_channels, width)
         self.stage2 = _stage(width, 2 * width)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -41,7 +36,7 @@ class SmallCNN(nn.Module):
         return self.fc(torch.flatten(self.pool(self.stage2(self.stage1(x))), 1))
 
 
-@register_model("small_cnn")
+@register("model", "small_cnn", input_shape=(1, 28, 28), num_classes=10)
 def small_cnn(num_classes: int, *, in_channels: int = 1, width: int = 32) -> SmallCNN:
     """The small CNN (PyTorch default init; KE's recipe applies `init_weights` itself)."""
     return SmallCNN(num_classes=num_classes, in_channels=in_channels, width=width)

@@ -11,8 +11,11 @@ from efficientdl.snn.layers import (
 )
 from efficientdl.snn.losses import count_loss, kernel_loss, kernel_target, predict
 from efficientdl.snn.network import SpikingNetwork
+from efficientdl.snn.options import NetworkOptions, NeuronOptions
 
 __all__ = [
+    "NetworkOptions",
+    "NeuronOptions",
     "PSPEncoder",
     "SpikingConv2d",
     "SpikingDropout",

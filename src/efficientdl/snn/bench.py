@@ -4,6 +4,9 @@ For each paper network: one full step (forward, kernel/count loss, backward, cli
 our network with the fused backend, the same with the torch reference backend, and the "floor":
 the same conv/linear/pool/dropout layers with ReLU instead of the neuron and T folded into the batch
 (B·T images), same loss, clip, AdamW and clamp. Also the neuron alone (forward + backward).
+The variants of a row are timed in alternating order in one process
+(`efficientdl.core.benchmark.time_variants`); the table shows medians, the activation memory
+autograd saves (`saved_mib`) and, on CUDA, peak allocated memory.
 
     python benchmarks/snn_speed.py                       # CPU: mnist_cnn, fmnist_cnn, 2 threads
     python benchmarks/snn_speed.py --device cuda --nets all
@@ -17,17 +20,17 @@ import argparse
 import functools
 import json
 import platform
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from efficientdl.core.benchmark import saved_mib, time_variants
 from efficientdl.core.config import add_config_args, config_from_args
 from efficientdl.core.errors import ConfigError
 from efficientdl.snn import SpikingConv2d, SpikingDropout, SpikingLinear, SumPool2d, tsslbp
-from efficientdl.snn.models import TSSLBPRecipe, build, list_models, recipe
+from efficientdl.snn.config import TSSLBPRecipe, recipe
+from efficientdl.snn.networks import build, list_models
 from efficientdl.snn.train import compute_loss, make_optimizer, train_step
 
 INPUT = {
@@ -98,53 +101,6 @@ def floor_step(model, optimizer, x, y, r, T):
     model.clamp_weights_(r.weight_clamp)
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timeit(fns: dict, device, *, warmup, iters) -> dict:
-    """Median milliseconds of each `fns[name]()`, calls interleaved round-robin so that load
-    from other processes affects every variant alike (the ratios stay fair)."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    _sync(device)
-    times = {name: [] for name in fns}
-    for _ in range(iters):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(1000 * (time.perf_counter() - start))
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-def peak_mib(fn, device):
-    """Peak allocated GPU memory of one call (None on CPU)."""
-    if device.type != "cuda":
-        return None
-    torch.cuda.reset_peak_memory_stats(device)
-    fn()
-    _sync(device)
-    return torch.cuda.max_memory_allocated(device) / 2**20
-
-
-def saved_mib(forward) -> float:
-    """MiB of distinct tensor storages autograd keeps for the backward of `forward()` (the
-    activation memory of a step; measured the same way on CPU and GPU)."""
-    storages = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        forward()
-    return sum(storages.values()) / 2**20
-
-
 def _spiking_forward(net, x, y, r):
     net.train()
     return compute_loss(net(x), y, r)
@@ -181,9 +137,9 @@ def bench_network(name, device, batch, warmup, iters, r=None):
         floor_step, floor, make_optimizer(floor, r), x_floor, y, r, T
     )
     forwards["floor"] = functools.partial(_floor_forward, floor, x_floor, y, r, T)
-    for key, ms in timeit(steps, device, warmup=warmup, iters=iters).items():
-        row[f"{key}_ms"] = ms
-        row[f"{key}_peak_mib"] = peak_mib(steps[key], device)
+    for key, timing in time_variants(steps, warmup=warmup, rounds=iters, device=device).items():
+        row[f"{key}_ms"] = timing.median_ms
+        row[f"{key}_peak_mib"] = timing.peak_mib
         row[f"{key}_saved_mib"] = saved_mib(forwards[key])
     row["fused_over_floor"] = row["fused_ms"] / row["floor_ms"]
     row["torch_over_fused"] = row["torch_ms"] / row["fused_ms"]
@@ -201,8 +157,8 @@ def bench_neuron(device, T, neurons, warmup, iters):
     grad = torch.randn_like(current)
     row = {"T": T, "shape": [T, 64, neurons]}
     fns = {b: functools.partial(_neuron_step, current, grad, b) for b in ("fused", "torch")}
-    for key, ms in timeit(fns, device, warmup=warmup, iters=iters).items():
-        row[f"{key}_ms"] = ms
+    for key, timing in time_variants(fns, warmup=warmup, rounds=iters, device=device).items():
+        row[f"{key}_ms"] = timing.median_ms
     row["torch_over_fused"] = row["torch_ms"] / row["fused_ms"]
     return row
 

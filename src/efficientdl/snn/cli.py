@@ -80,7 +80,7 @@ def register(sub) -> None:
 def _train(args) -> int:
     from efficientdl.core.run import stored_config
     from efficientdl.core.runtime import default_run_dir
-    from efficientdl.snn.models import TSSLBPRecipe
+    from efficientdl.snn.config import TSSLBPRecipe
     from efficientdl.snn.report import write_report
     from efficientdl.snn.train import fit
 
@@ -147,7 +147,7 @@ def _load_run(args):
     from pathlib import Path
 
     from efficientdl.core import apply_overrides, from_dict, load_checkpoint, to_dict
-    from efficientdl.snn.models import TSSLBPRecipe
+    from efficientdl.snn.config import TSSLBPRecipe
     from efficientdl.snn.train import CHECKPOINT, load_run
 
     if args.run_dir is None and args.config is None:

@@ -13,66 +13,64 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import shutil
+import string
 import subprocess
 import tempfile
 from pathlib import Path
 
 import torch
 
-SOURCE = r"""
+_EXP_NEG = string.Template(r"""
+static inline $real exp_neg_$suffix($real x) {
+    x = x < $lowest ? $lowest : x;
+    $int k = ($int)(x * $log2e - $half);
+    $real kf = ($real)k;
+    $real r = (x - kf * $ln2_hi) - kf * $ln2_lo;
+$horner
+    $int bits = (k + $bias) << $mantissa;
+    $real scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+""")
+"""e^x for x <= 0, branch-free so loops using it vectorise: x = k·ln2 + r, |r| <= ln2/2 (ln2
+split in a high and a low part), e^r by its Taylor polynomial Σ r^i/i! up to `degree` (rel. error
+< 1 ulp), 2^k built in the exponent bits."""
+
+_DTYPES = {
+    "f32": dict(real="float", int="int32_t", lit="f", degree=8, lowest="-87.0", bias=127,
+                mantissa=23, log2e="1.44269504088896341", ln2_hi="0.693145751953125",
+                ln2_lo="1.428606765330187045e-06"),
+    "f64": dict(real="double", int="int64_t", lit="", degree=13, lowest="-708.0", bias=1023,
+                mantissa=52, log2e="1.4426950408889634", ln2_hi="6.93147180369123816490e-01",
+                ln2_lo="1.90821492927058770002e-10"),
+}  # fmt: skip
+"""Per C type: the exp polynomial's degree, range and ln2 split, and the float layout."""
+
+
+def _exp_neg(suffix: str) -> str:
+    """The C source of `exp_neg_<suffix>` (Horner form from the highest coefficient)."""
+    d = _DTYPES[suffix]
+    coefficient = [repr(1.0 / math.factorial(i)) + d["lit"] for i in range(d["degree"] + 1)]
+    lines = [f"    {d['real']} p = {coefficient[-1]};"]
+    lines += [f"    p = {c} + r * p;" for c in reversed(coefficient[:-1])]
+    literals = {k: d[k] + d["lit"] for k in ("lowest", "log2e", "ln2_hi", "ln2_lo")}
+    return _EXP_NEG.substitute(
+        d, **literals, suffix=suffix, half="0.5" + d["lit"], horner="\n".join(lines)
+    )
+
+
+SOURCE = (
+    r"""
 #include <stdint.h>
 #include <string.h>
 #define BLOCK 512
-
-/* e^x for x <= 0, branch-free so loops using it vectorise: x = k·ln2 + r, |r| <= ln2/2,
-   e^r by a Taylor polynomial (rel. error < 1 ulp at these degrees), 2^k built in the exponent. */
-static inline float exp_neg_f32(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    int32_t k = (int32_t)(x * 1.44269504088896341f - 0.5f);
-    float kf = (float)k;
-    float r = (x - kf * 0.693145751953125f) - kf * 1.428606765330187045e-06f;
-    float p = 2.48015873015873e-05f;
-    p = 0.0001984126984126984f + r * p;
-    p = 0.001388888888888889f + r * p;
-    p = 0.008333333333333333f + r * p;
-    p = 0.041666666666666664f + r * p;
-    p = 0.16666666666666666f + r * p;
-    p = 0.5f + r * p;
-    p = 1.0f + r * p;
-    p = 1.0f + r * p;
-    int32_t bits = (k + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
-
-static inline double exp_neg_f64(double x) {
-    x = x < -708.0 ? -708.0 : x;
-    int64_t k = (int64_t)(x * 1.4426950408889634 - 0.5);
-    double kf = (double)k;
-    double r = (x - kf * 6.93147180369123816490e-01) - kf * 1.90821492927058770002e-10;
-    double p = 1.6059043836821613e-10;
-    p = 2.08767569878681e-09 + r * p;
-    p = 2.505210838544172e-08 + r * p;
-    p = 2.755731922398589e-07 + r * p;
-    p = 2.7557319223985893e-06 + r * p;
-    p = 2.48015873015873e-05 + r * p;
-    p = 0.0001984126984126984 + r * p;
-    p = 0.001388888888888889 + r * p;
-    p = 0.008333333333333333 + r * p;
-    p = 0.041666666666666664 + r * p;
-    p = 0.16666666666666666 + r * p;
-    p = 0.5 + r * p;
-    p = 1.0 + r * p;
-    p = 1.0 + r * p;
-    int64_t bits = (k + 1023) << 52;
-    double scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
-
+"""
+    + "".join(_exp_neg(suffix) for suffix in _DTYPES)
+    + r"""
 #define DEFINE_KERNELS(REAL, SUFFIX)                                                           \
 void tsslbp_forward_##SUFFIX(const REAL* restrict cur, REAL* restrict trace,                  \
                              REAL* restrict mem, int64_t T, int64_t M, REAL r_m, REAL r_s,     \
@@ -153,6 +151,8 @@ void tsslbp_backward_##SUFFIX(const REAL* restrict grad, const REAL* restrict me
 DEFINE_KERNELS(float, f32)
 DEFINE_KERNELS(double, f64)
 """
+)
+"""The kernels' C source: one exp per dtype from `_EXP_NEG`, the kernels from one C macro."""
 
 FLAGS = [
     "-O3",
@@ -240,7 +240,7 @@ def forward(current: torch.Tensor, r_m: float, r_s: float, th: float):
 
 def backward(grad: torch.Tensor, membrane: torch.Tensor, c: dict, warmup: bool, intra: bool):
     """Fused TSSL-BP backward (B1-B4 of `functional.tsslbp_backward`) on contiguous [T, M] CPU
-    tensors → ∂L/∂I (`c` as `_constants`)."""
+    tensors → ∂L/∂I (`c` as `NeuronOptions.constants()`)."""
     T, M = membrane.shape
     out = torch.empty_like(membrane)
     getattr(library(), f"tsslbp_backward_{_SUFFIX[membrane.dtype]}")(

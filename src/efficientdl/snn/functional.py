@@ -3,16 +3,20 @@
 Layout is time-first `[T, N, ...]`. All recurrences loop over T in Python and are vectorised over
 neurons (the 'torch' reference backend). Arithmetic follows one canonical form so that any
 fused backend can be bit-equal: reciprocals rounded once to the compute dtype, one rounding per op.
+
+The neuron's settings are one `NeuronOptions` (snn.options); `tsslbp`, `tsslbp_backward` and
+`lif_states` take it, or its fields as keyword arguments, or both (the keywords override).
+Discrete model: u[t] = v[t−1] + I[t] − v[t−1]/τm, s[t] = H(u[t] − V_th), v[t] = u[t]·(1 − s[t]),
+a[t] = a[t−1] + (s[t] − a[t−1])/τs.
 """
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 
-BACKENDS = ("auto", "torch", "fused", "triton")
+from efficientdl.snn.options import BACKENDS, NeuronOptions, check_backend
 
 
 class LIFStates(NamedTuple):
@@ -23,19 +27,18 @@ class LIFStates(NamedTuple):
     membrane: torch.Tensor
 
 
-def _check_params(x: torch.Tensor, *, tau_m: float | None, tau_s: float, threshold=None) -> None:
+def neuron_options(options: NeuronOptions | None = None, **overrides) -> NeuronOptions:
+    """`options` (default: `NeuronOptions()`) with the keyword `overrides` applied."""
+    return (options or NeuronOptions()).replace(**overrides)
+
+
+def _check_input(x: torch.Tensor) -> None:
     if x.dim() < 1 or x.shape[0] < 1:
         raise ValueError(
             f"expected a time-first tensor [T, ...] with T >= 1, got shape {tuple(x.shape)}"
         )
     if not x.is_floating_point():
         raise ValueError(f"expected a floating-point tensor, got dtype {x.dtype}")
-    if tau_m is not None and not tau_m > 1:
-        raise ValueError(f"tau_m must be > 1 (leak factor 1 - 1/tau_m in (0, 1)), got {tau_m}")
-    if not tau_s > 1:
-        raise ValueError(f"tau_s must be > 1 (decay 1 - 1/tau_s in (0, 1)), got {tau_s}")
-    if threshold is not None and not threshold > 0:
-        raise ValueError(f"threshold must be > 0, got {threshold}")
 
 
 def _const(value: float, like: torch.Tensor) -> torch.Tensor:
@@ -52,7 +55,8 @@ def kernel_weights(T: int, tau_s: float, *, dtype=torch.float64, device=None) ->
 
 def psp(x: torch.Tensor, tau_s: float) -> torch.Tensor:
     """Synaptic filter y[t] = y[t-1] + (x[t] - y[t-1])/τs = λs·y[t-1] + x[t]/τs on dim 0."""
-    _check_params(x, tau_m=None, tau_s=tau_s)
+    _check_input(x)
+    neuron_options(tau_s=tau_s)  # validates τs
     r_s = _const(1.0 / tau_s, x)
     y = torch.zeros_like(x[0])
     out = []
@@ -67,12 +71,16 @@ def static_encoding_factors(T: int, tau_s: float, *, dtype=torch.float32, device
     return psp(torch.ones(T, dtype=dtype, device=device), tau_s)
 
 
-def lif_states(current: torch.Tensor, *, tau_m: float, tau_s: float, threshold: float) -> LIFStates:
-    """Run the discrete LIF neuron without grad: trace a, spikes s and pre-reset u."""
-    _check_params(current, tau_m=tau_m, tau_s=tau_s, threshold=threshold)
+def lif_states(
+    current: torch.Tensor, options: NeuronOptions | None = None, /, **overrides
+) -> LIFStates:
+    """Run the discrete LIF neuron without grad: trace a, spikes s and pre-reset u (reads τm, τs
+    and V_th of `options` with `overrides`)."""
+    _check_input(current)
+    opts = neuron_options(options, **overrides)
     with torch.no_grad():
-        r_m, r_s = _const(1.0 / tau_m, current), _const(1.0 / tau_s, current)
-        th = _const(threshold, current)
+        r_m, r_s = _const(1.0 / opts.tau_m, current), _const(1.0 / opts.tau_s, current)
+        th = _const(opts.threshold, current)
         v = torch.zeros_like(current[0])
         a = torch.zeros_like(current[0])
         traces, spikes, membranes = [], [], []
@@ -98,25 +106,20 @@ def _surrogate(membrane: torch.Tensor, th, inv_w, clip: float) -> torch.Tensor:
 def tsslbp_backward(
     grad_trace: torch.Tensor,
     membrane: torch.Tensor,
-    *,
-    tau_m: float,
-    tau_s: float,
-    threshold: float,
-    warmup_surrogate: bool = True,
-    warmup_trace: float | None = None,
-    surrogate_width: float = 0.2,
-    surrogate_clip: float = 8.0,
-    max_inv_du: float = 8.0,
-    intra_neuron: bool = True,
+    options: NeuronOptions | None = None,
+    /,
+    **overrides,
 ) -> torch.Tensor:
-    """∂L/∂I from ∂L/∂a and the saved pre-reset membrane u (TSSL-BP backward, steps B1-B4).
+    """∂L/∂I from ∂L/∂a and the saved pre-reset membrane u (TSSL-BP backward, steps B1-B4), for
+    the neuron `options` with `overrides` (its `backend` is not read).
 
     s = u > V_th, v = u·(1−s), du[t] = u[t] − v[t−1] and the trace a are recomputed from u.
     B1: G[t] = δ[t]/τs + λs·G[t+1]. B2: ρ = min(1/du, c_du) at spikes.
     B3: h[t] = ρ(G + (u/τm)h[t+1]) at spikes, λm·h[t+1] otherwise.
     B4: where a[t] < ϑ the output is σ'(z)/w·G instead of h.
     """
-    _check_params(membrane, tau_m=tau_m, tau_s=tau_s, threshold=threshold)
+    _check_input(membrane)
+    opts = neuron_options(options, **overrides)
     if grad_trace.shape != membrane.shape:
         raise ValueError(
             f"grad_trace shape {tuple(grad_trace.shape)} != membrane shape {tuple(membrane.shape)}"
@@ -124,18 +127,16 @@ def tsslbp_backward(
     T = membrane.shape[0]
     dtype = membrane.dtype
     grad_trace = grad_trace.to(dtype)
-    r_m, r_s = _const(1.0 / tau_m, membrane), _const(1.0 / tau_s, membrane)
-    lam_m, lam_s = _const(1.0 - 1.0 / tau_m, membrane), _const(1.0 - 1.0 / tau_s, membrane)
-    th = _const(threshold, membrane)
-    theta = _const(1.0 / (4.0 * tau_s) if warmup_trace is None else warmup_trace, membrane)
-    inv_w = _const(1.0 / surrogate_width, membrane)
+    c = {k: _const(v, membrane) for k, v in opts.constants().items() if k != "clip"}
+    r_m, r_s, lam_m, lam_s = c["r_m"], c["r_s"], c["lam_m"], c["lam_s"]
+    th, theta, inv_w = c["th"], c["theta"], c["inv_w"]
 
     spikes = membrane > th
     v = torch.where(spikes, torch.zeros_like(membrane), membrane)
     v_prev = torch.cat([torch.zeros_like(v[:1]), v[:-1]])
     du = membrane - v_prev
-    inv_du = torch.where(spikes, du, torch.ones_like(du)).reciprocal().clamp(max=max_inv_du)
-    if warmup_surrogate:
+    inv_du = torch.where(spikes, du, torch.ones_like(du)).reciprocal().clamp(max=opts.max_inv_du)
+    if opts.warmup_surrogate:
         a = torch.zeros_like(membrane[0])
         quiet = []
         sf = spikes.to(dtype)
@@ -143,63 +144,46 @@ def tsslbp_backward(
             a = a + (sf[t] - a) * r_s
             quiet.append(a < theta)
         quiet = torch.stack(quiet)
-        surrogate = _surrogate(membrane, th, inv_w, surrogate_clip)
+        surrogate = _surrogate(membrane, th, inv_w, opts.surrogate_clip)
 
     grad_in = torch.empty_like(membrane)
     G = torch.zeros_like(membrane[0])
     h = torch.zeros_like(membrane[0])
     for t in range(T - 1, -1, -1):
         G = grad_trace[t] * r_s + lam_s * G
-        carry = G + membrane[t] * r_m * h if intra_neuron else G
+        carry = G + membrane[t] * r_m * h if opts.intra_neuron else G
         h = torch.where(spikes[t], inv_du[t] * carry, lam_m * h)
-        grad_in[t] = torch.where(quiet[t], surrogate[t] * G, h) if warmup_surrogate else h
+        grad_in[t] = torch.where(quiet[t], surrogate[t] * G, h) if opts.warmup_surrogate else h
     return grad_in
-
-
-def _constants(tau_m, tau_s, threshold, options) -> dict:
-    """Scalars of the backward (python floats; the kernels round them once to the dtype)."""
-    warmup_trace = options["warmup_trace"]
-    return {
-        "r_m": 1.0 / tau_m,
-        "r_s": 1.0 / tau_s,
-        "lam_m": 1.0 - 1.0 / tau_m,
-        "lam_s": 1.0 - 1.0 / tau_s,
-        "th": threshold,
-        "theta": 1.0 / (4.0 * tau_s) if warmup_trace is None else warmup_trace,
-        "inv_w": 1.0 / options["surrogate_width"],
-        "clip": options["surrogate_clip"],
-        "max_inv_du": options["max_inv_du"],
-    }
 
 
 class _TSSLBP(torch.autograd.Function):
     """Reference path: vectorised Python loops over T (saves u only)."""
 
     @staticmethod
-    def forward(ctx, current, params: dict, options: dict):
-        states = lif_states(current, **params)
-        ctx.params, ctx.options = params, options
+    def forward(ctx, current, options: NeuronOptions):
+        states = lif_states(current, options)
+        ctx.options = options
         ctx.save_for_backward(states.membrane)
         return states.trace
 
     @staticmethod
     def backward(ctx, grad_trace):
         (membrane,) = ctx.saved_tensors
-        grad = tsslbp_backward(grad_trace, membrane, **ctx.params, **ctx.options)
-        return grad, None, None
+        return tsslbp_backward(grad_trace, membrane, ctx.options), None
 
 
 class _TSSLBPFused(torch.autograd.Function):
     """Fused path: one kernel for the forward and one for the backward, on [T, M] views."""
 
     @staticmethod
-    def forward(ctx, current, params: dict, options: dict):
+    def forward(ctx, current, options: NeuronOptions):
         from efficientdl.snn import cpu_kernels, fused
 
         shape, dtype = current.shape, current.dtype
         work = current.to(torch.float64 if dtype == torch.float64 else torch.float32)
         work = work.reshape(shape[0], -1).contiguous()
-        c = _constants(params["tau_m"], params["tau_s"], params["threshold"], options)
+        c = options.constants()
         if work.is_cuda:
             one = torch.ones((), dtype=work.dtype, device=work.device)
             trace, membrane = fused.kernels()[0](
@@ -218,19 +202,12 @@ class _TSSLBPFused(torch.autograd.Function):
         (membrane,) = ctx.saved_tensors
         grad = grad_trace.to(membrane.dtype).reshape(membrane.shape).contiguous()
         c, options = ctx.constants, ctx.options
-        warmup, intra = options["warmup_surrogate"], options["intra_neuron"]
+        warmup, intra = options.warmup_surrogate, options.intra_neuron
         if membrane.is_cuda:
             out = fused.kernels()[1](grad, membrane, c, warmup, intra)
         else:
             out = cpu_kernels.backward(grad, membrane, c, warmup, intra)
-        return out.reshape(ctx.shape).to(grad_trace.dtype), None, None
-
-
-def check_backend(backend: str) -> None:
-    """Raise a ValueError unless `backend` is one of BACKENDS (availability is checked per call,
-    on the device of the input, by `resolve_backend`)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        return out.reshape(ctx.shape).to(grad_trace.dtype), None
 
 
 def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
@@ -255,58 +232,31 @@ def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
     raise RuntimeError(f"backend={backend!r} is not available on {tensor.device.type}: {why}")
 
 
-def tsslbp(
-    current: torch.Tensor,
-    *,
-    tau_m: float,
-    tau_s: float,
-    threshold: float,
-    warmup_surrogate: bool = True,
-    warmup_trace: float | None = None,
-    surrogate_width: float = 0.2,
-    surrogate_clip: float = 8.0,
-    max_inv_du: float = 8.0,
-    intra_neuron: bool = True,
-    backend: str = "auto",
-) -> torch.Tensor:
-    """LIF layer: current [T, N, ...] → output PSP trace, differentiable with TSSL-BP."""
-    _check_params(current, tau_m=tau_m, tau_s=tau_s, threshold=threshold)
-    if not surrogate_width > 0:
-        raise ValueError(f"surrogate_width must be > 0, got {surrogate_width}")
-    if not max_inv_du > 0 or math.isnan(max_inv_du):
-        raise ValueError(f"max_inv_du must be > 0, got {max_inv_du}")
-    path = resolve_backend(backend, current)
-    params = {"tau_m": tau_m, "tau_s": tau_s, "threshold": threshold}
-    options = {
-        "warmup_surrogate": warmup_surrogate,
-        "warmup_trace": warmup_trace,
-        "surrogate_width": surrogate_width,
-        "surrogate_clip": surrogate_clip,
-        "max_inv_du": max_inv_du,
-        "intra_neuron": intra_neuron,
-    }
-    if path == "fused" and current.dtype in (
-        torch.float32,
-        torch.float64,
-        torch.float16,
-        torch.bfloat16,
-    ):
-        return _TSSLBPFused.apply(current, params, options)
-    return _TSSLBP.apply(current, params, options)
+_FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-# Re-exported so the functional API is one module (defined in losses, which uses psp above).
-from efficientdl.snn.losses import count_loss, kernel_loss, kernel_target, predict  # noqa: E402
+def tsslbp(current: torch.Tensor, options: NeuronOptions | None = None, /, **overrides):
+    """LIF layer: current [T, N, ...] → output PSP trace, differentiable with TSSL-BP, for the
+    neuron `options` (default `NeuronOptions()`) with the keyword `overrides`, e.g.
+    `tsslbp(x, tau_m=5.0, tau_s=3.0, threshold=1.0, backend="torch")`."""
+    _check_input(current)
+    opts = neuron_options(options, **overrides)
+    path = resolve_backend(opts.backend, current)
+    if path == "fused" and current.dtype in _FUSED_DTYPES:
+        return _TSSLBPFused.apply(current, opts)
+    return _TSSLBP.apply(current, opts)
+
 
 __all__ = [
+    "BACKENDS",
     "LIFStates",
-    "count_loss",
-    "kernel_loss",
-    "kernel_target",
+    "NeuronOptions",
+    "check_backend",
     "kernel_weights",
     "lif_states",
-    "predict",
+    "neuron_options",
     "psp",
+    "resolve_backend",
     "static_encoding_factors",
     "tsslbp",
     "tsslbp_backward",

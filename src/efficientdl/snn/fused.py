@@ -31,7 +31,7 @@ def forward_recurrence(current, r_m, r_s, th):
 
 def backward_recurrence(grad_trace, membrane, c: dict, warmup_surrogate: bool, intra_neuron: bool):
     """TSSL-BP backward (B1-B4 of `functional.tsslbp_backward`) on [T, M] from the saved
-    membrane u (unrolled over T); `c` as `_constants`."""
+    membrane u (unrolled over T); `c` as `NeuronOptions.constants()`."""
     T = membrane.shape[0]
     th = c["th"]
     spikes = [membrane[t] > th for t in range(T)]

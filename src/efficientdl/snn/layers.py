@@ -9,24 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from efficientdl.snn.functional import check_backend, psp, tsslbp
-
-NEURON_OPTIONS = (
-    "warmup_surrogate",
-    "warmup_trace",
-    "surrogate_width",
-    "surrogate_clip",
-    "max_inv_du",
-    "intra_neuron",
-)
-
-
-def _check_options(options: dict) -> None:
-    unknown = sorted(set(options) - set(NEURON_OPTIONS))
-    if unknown:
-        raise ValueError(
-            f"unknown TSSL-BP option {unknown[0]!r}; known: {', '.join(NEURON_OPTIONS)}"
-        )
+from efficientdl.snn.functional import neuron_options, psp, tsslbp
+from efficientdl.snn.options import NeuronOptions
 
 
 def _fold(x: torch.Tensor) -> torch.Tensor:
@@ -47,43 +31,35 @@ def _check_time_first(x: torch.Tensor, dims: int, layer: str) -> None:
 
 
 class TSSLBPNeuron(nn.Module):
-    """LIF neuron over `[T, N, ...]` currents, trained with TSSL-BP; outputs the PSP trace."""
+    """LIF neuron over `[T, N, ...]` currents, trained with TSSL-BP; outputs the PSP trace.
 
-    def __init__(
-        self,
-        *,
-        tau_m: float = 5.0,
-        tau_s: float = 3.0,
-        threshold: float = 1.0,
-        backend: str = "auto",
-        **tsslbp_options,
-    ):
+    Its settings are one `NeuronOptions` (`options`, default `NeuronOptions()`) with the keyword
+    `overrides`, e.g. `TSSLBPNeuron(tau_m=8.0, backend="torch")`; they are read as
+    `neuron.settings` (and `neuron.tau_m`, `.tau_s`, `.threshold`, `.backend`).
+    """
+
+    def __init__(self, options: NeuronOptions | None = None, /, **overrides):
         super().__init__()
-        _check_options(tsslbp_options)
-        if not tau_m > 1 or not tau_s > 1:
-            raise ValueError(f"tau_m and tau_s must be > 1, got tau_m={tau_m}, tau_s={tau_s}")
-        if not threshold > 0:
-            raise ValueError(f"threshold must be > 0, got {threshold}")
-        check_backend(backend)  # modules are built on the CPU: 'triton' resolves per call
-        self.tau_m, self.tau_s, self.threshold = tau_m, tau_s, threshold
-        self.backend = backend
-        self.options = dict(tsslbp_options)
+        # modules are built on the CPU: 'triton' is checked by name here and resolved per call
+        self.settings = neuron_options(options, **overrides)
         self.monitor = None  # set by efficientdl.snn.stats.FiringMonitor while active
+
+    tau_m = property(lambda self: self.settings.tau_m, doc="Membrane time constant τm.")
+    tau_s = property(lambda self: self.settings.tau_s, doc="Synaptic time constant τs.")
+    threshold = property(lambda self: self.settings.threshold, doc="Firing threshold V_th.")
+    backend = property(lambda self: self.settings.backend, doc="The neuron's backend.")
+
+    @property
+    def options(self) -> dict:
+        """The TSSL-BP backward options as {name: value}."""
+        return self.settings.backward_options()
 
     def set_options(self, **options) -> None:
         """Change TSSL-BP backward options (e.g. `warmup_surrogate=False`) in place."""
-        _check_options(options)
-        self.options.update(options)
+        self.settings = self.settings.with_backward(**options)
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
-        trace = tsslbp(
-            current,
-            tau_m=self.tau_m,
-            tau_s=self.tau_s,
-            threshold=self.threshold,
-            backend=self.backend,
-            **self.options,
-        )
+        trace = tsslbp(current, self.settings)
         if self.monitor is not None:
             self.monitor.observe(self, current)
         return trace
@@ -93,12 +69,14 @@ class TSSLBPNeuron(nn.Module):
 
 
 class _SpikingSynapse(nn.Module):
-    """A weight layer (no bias) followed by a TSSL-BP neuron; subclasses define `synapse`."""
+    """A weight layer (no bias) followed by a TSSL-BP neuron built from `neuron` (default
+    `NeuronOptions()`) and the keyword `overrides` (NeuronOptions fields); subclasses pass the
+    initialised `weight` and define `synapse`."""
 
-    def _make_neuron(self, tau_m, tau_s, threshold, backend, options) -> None:
-        self.neuron = TSSLBPNeuron(
-            tau_m=tau_m, tau_s=tau_s, threshold=threshold, backend=backend, **options
-        )
+    def __init__(self, weight: torch.Tensor, neuron: NeuronOptions | None, overrides: dict):
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self.neuron = TSSLBPNeuron(neuron, **overrides)
 
     def synapse(self, x: torch.Tensor) -> torch.Tensor:
         """The weight operation on a batch without a time axis."""
@@ -110,7 +88,10 @@ class _SpikingSynapse(nn.Module):
 
 
 class SpikingConv2d(_SpikingSynapse):
-    """Conv2d (no bias, T folded into the batch) + neuron: [T,N,Cin,H,W] → [T,N,Cout,H',W']."""
+    """Conv2d (no bias, T folded into the batch) + neuron: [T,N,Cin,H,W] → [T,N,Cout,H',W'].
+
+    Weights U(±1/√(Cin·k²)) × `weight_scale`; `neuron` / `**overrides` as `TSSLBPNeuron`.
+    """
 
     def __init__(
         self,
@@ -121,20 +102,14 @@ class SpikingConv2d(_SpikingSynapse):
         stride: int = 1,
         padding: int = 0,
         weight_scale: float = 1.0,
-        tau_m: float = 5.0,
-        tau_s: float = 3.0,
-        threshold: float = 1.0,
-        backend: str = "auto",
-        **tsslbp_options,
+        neuron: NeuronOptions | None = None,
+        **overrides,
     ):
-        super().__init__()
+        weight = torch.empty(out_channels, in_channels, kernel_size, kernel_size)
+        bound = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
+        super().__init__(weight.uniform_(-bound, bound).mul_(weight_scale), neuron, overrides)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
-        bound = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
-        with torch.no_grad():
-            self.weight.uniform_(-bound, bound).mul_(weight_scale)
-        self._make_neuron(tau_m, tau_s, threshold, backend, tsslbp_options)
 
     def synapse(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -156,7 +131,10 @@ class SpikingConv2d(_SpikingSynapse):
 
 
 class SpikingLinear(_SpikingSynapse):
-    """Linear (no bias) + TSSL-BP neuron: [T, N, *] (flattened C, H, W order) → [T, N, out]."""
+    """Linear (no bias) + TSSL-BP neuron: [T, N, *] (flattened C, H, W order) → [T, N, out].
+
+    Weights N(0, 2/in) × `weight_scale`; `neuron` / `**overrides` as `TSSLBPNeuron`.
+    """
 
     def __init__(
         self,
@@ -164,18 +142,13 @@ class SpikingLinear(_SpikingSynapse):
         out_features: int,
         *,
         weight_scale: float = 1.0,
-        tau_m: float = 5.0,
-        tau_s: float = 3.0,
-        threshold: float = 1.0,
-        backend: str = "auto",
-        **tsslbp_options,
+        neuron: NeuronOptions | None = None,
+        **overrides,
     ):
-        super().__init__()
+        weight = torch.empty(out_features, in_features)
+        weight.normal_(0.0, math.sqrt(2.0 / in_features)).mul_(weight_scale)
+        super().__init__(weight, neuron, overrides)
         self.in_features, self.out_features = in_features, out_features
-        self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        with torch.no_grad():
-            self.weight.normal_(0.0, math.sqrt(2.0 / in_features)).mul_(weight_scale)
-        self._make_neuron(tau_m, tau_s, threshold, backend, tsslbp_options)
 
     def synapse(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(x.shape[0], -1)

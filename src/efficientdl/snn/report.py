@@ -5,14 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from efficientdl.snn.functional import lif_states  # noqa: E402
-from efficientdl.snn.layers import TSSLBPNeuron  # noqa: E402
+from efficientdl.snn.functional import lif_states
+from efficientdl.snn.layers import TSSLBPNeuron
 
 
 def firing_on_test(net, test_set, recipe, *, batches: int = 10):
@@ -32,9 +29,7 @@ def spike_raster(net, x: torch.Tensor) -> dict[str, torch.Tensor]:
     spikes: dict[str, torch.Tensor] = {}
 
     def hook(module, inputs, _output):
-        states = lif_states(
-            inputs[0], tau_m=module.tau_m, tau_s=module.tau_s, threshold=module.threshold
-        )
+        states = lif_states(inputs[0], module.settings)
         spikes[names[module].removesuffix(".neuron")] = states.spikes[:, 0].reshape(
             states.spikes.shape[0], -1
         )
@@ -51,7 +46,8 @@ def spike_raster(net, x: torch.Tensor) -> dict[str, torch.Tensor]:
 def plot_accuracy(history, path: Path, *, title: str | None = None) -> None:
     """Train and test accuracy per epoch of a run's metrics `history` as a PNG at `path`."""
     epochs = [r["epoch"] for r in history]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.add_subplot()
     ax.plot(epochs, [100 * r["train_accuracy"] for r in history], "o-", label="train")
     ax.plot(epochs, [100 * r["test_accuracy"] for r in history], "s-", label="test")
     ax.set_xlabel("epoch")
@@ -62,11 +58,11 @@ def plot_accuracy(history, path: Path, *, title: str | None = None) -> None:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _plot_raster(spikes: dict[str, torch.Tensor], label: int, path: Path) -> None:
-    fig, axes = plt.subplots(1, len(spikes), figsize=(3 * len(spikes), 3.2), squeeze=False)
+    fig = Figure(figsize=(3 * len(spikes), 3.2))
+    axes = fig.subplots(1, len(spikes), squeeze=False)
     for ax, (name, s) in zip(axes[0], spikes.items()):
         t, neuron = torch.nonzero(s.cpu(), as_tuple=True)
         ax.scatter(neuron.numpy(), t.numpy(), s=2, marker="|", color="k")
@@ -78,18 +74,17 @@ def _plot_raster(spikes: dict[str, torch.Tensor], label: int, path: Path) -> Non
     fig.suptitle(f"spike raster of one test sample (label {label})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _plot_rates(report, path: Path) -> None:
     names = [layer.name for layer in report.layers]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig = Figure(figsize=(5, 3.2))
+    ax = fig.add_subplot()
     ax.bar(range(len(names)), [100 * layer.rate for layer in report.layers])
     ax.set_xticks(range(len(names)), names, rotation=30, fontsize=8)
     ax.set_ylabel("firing rate (% of neuron-steps)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def write_report(run_dir: str | Path) -> Path:

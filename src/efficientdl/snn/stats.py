@@ -140,9 +140,7 @@ class FiringMonitor:
 
     def observe(self, neuron: TSSLBPNeuron, current: torch.Tensor) -> None:
         """Add the spikes `neuron` emits for input current `[T, N, ...]` to its layer's tally."""
-        spikes = lif_states(
-            current.detach(), tau_m=neuron.tau_m, tau_s=neuron.tau_s, threshold=neuron.threshold
-        ).spikes
+        spikes = lif_states(current.detach(), neuron.settings).spikes
         counts = spikes.sum(dim=(0, 1))
         T, N = current.shape[:2]
         tally = self._tallies.get(neuron)

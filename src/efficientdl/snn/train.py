@@ -39,9 +39,10 @@ from efficientdl.core.distributed import (
 )
 from efficientdl.core.log import get_logger
 from efficientdl.core.tensorboard import Scalars, require_tensorboard
+from efficientdl.snn.config import TSSLBPRecipe
 from efficientdl.snn.losses import count_loss, kernel_loss, predict
-from efficientdl.snn.models import TSSLBPRecipe, build
 from efficientdl.snn.network import SpikingNetwork
+from efficientdl.snn.networks import build
 
 CHECKPOINT = "checkpoint.pt"
 

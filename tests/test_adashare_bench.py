@@ -1,0 +1,103 @@
+"""The AdaShare speed benchmark: every variant timed and reported, learned policies read from a
+run folder, and the speed targets' met/missed logic (benchmarks/adashare_speed.py)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from adashare_support import one_thread  # noqa: F401
+from efficientdl.adashare import AdaShareNet, bench, flops
+
+
+def _script(name):
+    """The module of benchmarks/<name>.py (the benchmark scripts are not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+adashare_speed = _script("adashare_speed")
+
+
+def test_speed_benchmark_runs_and_reports_each_target(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    learned = {"tasks": list(bench.TASKS), "execute": [[1, 0] * 4, [0, 1] * 4, [1] * 8]}
+    (run / "adashare_result.json").write_text(json.dumps({"policy": learned}))
+    out = tmp_path / "speed.json"
+    args = (
+        "--backbone resnet18 --width 4 --size 33 --threads 1 --warmup 0 --iters 1 "
+        "--train-warmup 0 --train-iters 1 --sweep 0 8 --sweep-iters 1 --channels-last "
+        f"--policy 01011100 01011110 11100110 --run-dir {run} --out {out}".split()
+    )
+    assert adashare_speed.main(args) == 0
+    assert "learned policy" in capsys.readouterr().out
+    res = json.loads(out.read_text())
+    assert {
+        "search_step_official",
+        "search_step_fast_nchw_fp32",
+        "tree_inference_worst_case",
+        "tree_inference_learned",
+        "official_learned_inference",
+    } <= set(res["main"])
+    assert all(row["ms"] > 0 for row in res["main"].values())
+    assert res["main"]["search_step_fast"]["saved_mb"] > 0
+    model = AdaShareNet("resnet18", bench.TASKS, "aspp", width=4)
+    policy = bench.policy_from_strings(bench.TASKS, ["01011100", "01011110", "11100110"])
+    assert res["tree_stats"]["macs"] == flops(model, 33, 33, policy)["macs_shared"]
+    assert res["sweep"]["0"]["macs"] > res["sweep"]["8"]["macs"]
+    assert len(res["targets"]) == 5 and all(isinstance(t["met"], bool) for t in res["targets"])
+    learned_row = bench.policy_from_strings(bench.TASKS, ["10" * 4, "01" * 4, "1" * 8])
+    assert bench.learned_policy(run, 8) == learned_row
+    with pytest.raises(ValueError, match="needs \\('seg', 'normal', 'depth'\\) and 16 blocks"):
+        bench.learned_policy(run, 16)
+    with pytest.raises(FileNotFoundError, match="no selected AdaShare policy"):
+        bench.learned_policy(tmp_path, 8)
+    with pytest.raises(ValueError, match="0/1"):
+        bench.policy_from_strings(bench.TASKS, ["0102", "1111", "0000"])
+
+
+def _met(res, precision):
+    """{target: met} of hand-made CUDA results."""
+    rows = adashare_speed.targets(res, torch.device("cuda"), precision)
+    return {t["target"]: t["met"] for t in rows}
+
+
+def test_gpu_speed_targets():
+    """The met/missed logic on hand-made CUDA timings: tree ≤ hard sharing, search ≤ 126.9 ms and
+    ≥ 1.6× (bf16) faster than official mode with lower peak, inference peak ≤ 1.1× official."""
+
+    def row(ms, peak):
+        return {"ms": ms, "peak_mb": peak}
+
+    res = {
+        "main": {
+            "search_step_fast": row(100.0, 8000.0),
+            "search_step_official": row(180.0, 14000.0),
+            "tree_inference": row(30.0, 1100.0),
+            "official_policy_inference": row(60.0, 1000.0),
+            "hard_inference": row(31.0, 900.0),
+        },
+        "sweep": {"0": {"ms": 3.0}, "8": {"ms": 2.0}},
+    }
+    assert _met(res, "bf16") == {
+        "tree inference (benchmark policy) / hard-sharing inference <= 1.0": True,
+        "search step <= 203/1.6 = 126.9 ms (official anchor)": True,
+        "search step peak < 14.9 GB and < official mode": True,
+        "official-mode search step / ours >= 1.6 (bf16)": True,
+        "tree inference peak / official-mode policy inference peak <= 1.1": True,
+    }
+    res["main"]["tree_inference"] = row(32.0, 1200.0)
+    res["main"]["search_step_official"] = row(150.0, 7000.0)
+    assert _met(res, "fp32") == {
+        "tree inference (benchmark policy) / hard-sharing inference <= 1.0": False,
+        "search step <= 203/1.6 = 126.9 ms (official anchor)": True,
+        "search step peak < 14.9 GB and < official mode": False,
+        "official-mode search step / ours >= 1.2 (fp32)": True,
+        "tree inference peak / official-mode policy inference peak <= 1.1": False,
+    }
