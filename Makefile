@@ -35,6 +35,7 @@ demo: setup
 
 lint: setup-dev
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # pytest's exit code 5 (no test collected) is reported, not hidden
 test: lint

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from adashare_support import one_thread  # noqa: F401
 from efficientdl.adashare import AdaShareNet, bench, flops
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _script(name):

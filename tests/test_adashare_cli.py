@@ -9,16 +9,15 @@ import torch
 import yaml
 from PIL import Image
 
-from adashare_support import (
-    TINY,
-    one_thread,  # noqa: F401
-)
+from adashare_support import TINY
 from efficientdl.adashare.config import AdaShareConfig
 from efficientdl.adashare.model.policy import Policy
 from efficientdl.adashare.phases import AdaShareRun, search
 from efficientdl.adashare.reporting.viz import plot_policy
 from efficientdl.cli import main
 from efficientdl.core.config import apply_overrides, from_dict
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(*overrides):
@@ -154,8 +153,8 @@ def test_cli_errors(tmp_path, capsys):
 
 
 def test_demo_yaml_mirrors_the_built_in_demo():
-    from efficientdl.adashare.config import DEMO
+    from efficientdl.adashare.config import demo_config
     from efficientdl.core.recipes import resolve_recipe
 
     path = resolve_recipe("procedural_demo", "adashare")
-    assert yaml.safe_load(path.read_text()) == DEMO
+    assert yaml.safe_load(path.read_text()) == demo_config()

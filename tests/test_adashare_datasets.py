@@ -10,12 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from adashare_support import one_thread  # noqa: F401
 from efficientdl.adashare.config import AdaShareConfig
 from efficientdl.adashare.phases import build_data
 from efficientdl.core.config import from_dict
 from efficientdl.data import CityScapes, MultiMNIST, NYUv2, Taskonomy
 from efficientdl.data.cache import DatasetFormatError, DatasetNotFoundError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 MEAN_BGR = (104.008, 116.669, 122.679)
 H, W = 12, 16

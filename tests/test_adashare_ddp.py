@@ -27,13 +27,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from adashare_support import TINY, one_thread  # noqa: F401
+from adashare_support import TINY
 from efficientdl.adashare.config import AdaShareConfig
 from efficientdl.adashare.model import AdaShareNet
 from efficientdl.adashare.objectives import tasks
 from efficientdl.adashare.phases import AdaShareRun, ddp, search, training
 from efficientdl.core import DistContext
 from efficientdl.core.config import ConfigError, apply_overrides, from_dict
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 NAN_ITER = 9
 CONFIG = apply_overrides(TINY, ["threads=1", "retrain.iters=3", "retrain.val_freq=3"])

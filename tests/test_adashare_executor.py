@@ -5,9 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from adashare_support import one_thread  # noqa: F401
 from efficientdl.adashare import AdaShareNet, Policy, TreeExecutor, flops, param_counts
 from efficientdl.adashare.model.executor import TaskNetwork, export_task
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TASKS = {"seg": 5, "normal": 3, "depth": 1, "edge": 1}
 L = 8

@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adashare_support import one_thread  # noqa: F401
 from efficientdl.adashare.objectives.losses import (
     depth_loss,
     downsample_target,
@@ -17,6 +16,8 @@ from efficientdl.adashare.objectives.losses import (
     sparsity_loss,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 LN3 = math.log(3)
 # 2 tasks × 4 blocks × (select, skip)
 LOGITS = torch.tensor(
@@ -25,6 +26,7 @@ LOGITS = torch.tensor(
         [[1.0, 1.0], [0.0, 0.0], [LN3, 0.0], [0.0, LN3]],
     ]
 )
+
 # −log softmax(a)[skip] = log(1 + e^(a0 − a1)), per (task, block)
 NLL_SKIP = [
     [math.log(2), math.log(1 + math.e), math.log(1 + 1 / math.e), math.log(2)],

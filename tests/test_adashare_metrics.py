@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from adashare_support import one_thread  # noqa: F401
 from efficientdl.adashare.objectives.metrics import (
     DELTA_METRICS,
     AccuracyMeter,
@@ -18,6 +17,8 @@ from efficientdl.adashare.objectives.metrics import (
     delta_t,
     miou,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 RNG = np.random.default_rng(0)
 N, C, H, W = 7, 5, 16, 16  # predictions at 1/8 would be 2×2; use 4×4 → ×4 upsampling

@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adashare_support import one_thread  # noqa: F401
 from efficientdl.adashare import AdaShareNet, Policy, curriculum_pad, flops
 from efficientdl.adashare.model.counting import costs, param_counts
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TASKS = {"seg": 5, "normal": 3, "depth": 1}
 # independent of the implementation: stage planes (× width/64), strides, dilations (Deeplab-ResNet)

@@ -6,12 +6,14 @@ import math
 import pytest
 import torch
 
-from adashare_support import TINY, one_thread  # noqa: F401
+from adashare_support import TINY
 from efficientdl.adashare.config import AdaShareConfig
 from efficientdl.adashare.model.policy import Policy
 from efficientdl.adashare.phases import AdaShareRun, search, training
 from efficientdl.core import load_checkpoint
 from efficientdl.core.config import apply_overrides, from_dict
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 BASE = apply_overrides(
     TINY,

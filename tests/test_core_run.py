@@ -250,9 +250,12 @@ def test_config_differences_on_nested_dicts():
         "config key 'train.lr' differs: stored 0.1, new 0.2",
         "config key 'train.opt.name' differs: stored 'sgd', new 'adam'",
     ]
-    assert config_differences(
-        stored, current, free=("new", "train.opt.name"), extends=("train.iters", "train.lr")
-    ) == []
+    assert (
+        config_differences(
+            stored, current, free=("new", "train.opt.name"), extends=("train.iters", "train.lr")
+        )
+        == []
+    )
     assert config_differences({"x": {"n": 5}}, {"x": {"n": 4}}, extends=["x.n"]) == [
         "'x.n' can only grow on --resume: stored 5, new 4"
     ]

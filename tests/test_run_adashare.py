@@ -12,13 +12,15 @@ import pytest
 import torch
 import yaml
 
-from adashare_support import TINY, one_thread  # noqa: F401
+from adashare_support import TINY
 from conftest import assert_one_error, folder_md5, interrupt_when_exists, run_cli
 from efficientdl.adashare.config import AdaShareConfig
 from efficientdl.adashare.phases import AdaShareRun, search, training
 from efficientdl.core import DivergenceError, RunFolderError
 from efficientdl.core.config import apply_overrides, from_dict
 from efficientdl.core.run import holds_run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_tiny(folder, *overrides) -> str:

@@ -77,11 +77,11 @@ def _bench(args) -> int:
 def load(args, *, stored: dict | None = None):
     """The AdaShareConfig of a command: `--config` (+ `--set`), else the `stored` config of the
     run it continues or reads (+ `--set`), else the built-in procedural demo (+ `--set`)."""
-    from efficientdl.adashare.config import DEMO, AdaShareConfig
+    from efficientdl.adashare.config import AdaShareConfig, demo_config
     from efficientdl.core.config import config_from_args
 
     return config_from_args(
-        AdaShareConfig, args, stored=DEMO if stored is None else stored
+        AdaShareConfig, args, stored=demo_config() if stored is None else stored
     ).validate()
 
 

@@ -185,36 +185,13 @@ class AdaShareConfig:
         return self
 
 
-# The built-in procedural demo (`efficientdl adashare pipeline` without --config); mirrored by
-# the packaged recipe `adashare/procedural_demo` (configs/adashare/procedural_demo.yaml).
-DEMO: dict = {
-    "name": "procedural_demo",
-    "seed": 88,
-    "device": "cpu",
-    "threads": 1,
-    "out_dir": "runs/adashare",
-    "baselines": ["single_task", "multi_task"],
-    "data": {
-        "dataset": "procedural",
-        "tasks": ["seg", "normal", "depth"],
-        "size": 64,
-        "num_train": 512,
-        "num_val": 48,
-        "num_test": 96,
-    },
-    "model": {"backbone": "resnet18", "head": "light", "width": 16},
-    "train": {
-        "batch_size": 16,
-        "eval_batch_size": 64,
-        "total_iters": 200,
-        "warmup_iters": 60,
-        "weight_iters": 6,
-        "policy_iters": 3,
-        "curriculum_speed": 1,
-        "decay_lr_freq": 1000,
-        "lambdas": {"seg": 1.0, "normal": 5.0, "depth": 1.0},
-        "ckpt_every": 50,
-    },
-    "sample": {"num": 2},
-    "retrain": {"iters": 120, "val_freq": 40},
-}
+DEMO_RECIPE = "adashare/procedural_demo"
+"""The packaged recipe `efficientdl adashare pipeline` runs without --config."""
+
+
+def demo_config() -> dict:
+    """The procedural demo's config as plain data (the packaged recipe `DEMO_RECIPE`)."""
+    from efficientdl.core.config import read_config_file
+    from efficientdl.core.recipes import resolve_recipe
+
+    return read_config_file(resolve_recipe(DEMO_RECIPE, "adashare"))

@@ -211,6 +211,19 @@ def open_run(
     return RunFolder(path, method, resume, is_main=is_main, created=created)
 
 
+def add_train_command(actions, name: str, *, method: str, example: str, example_dir: str, func,
+                      **parser_options):  # fmt: skip
+    """A training sub-command `name` of `method`: `--config NAME|FILE` (optional: a resumed run
+    has its own), `--set`, `--run-dir`, `--resume`, `--tensorboard`, handled by `func(args)`."""
+    from efficientdl.core.config import add_config_args
+
+    parser = actions.add_parser(name, **parser_options)
+    add_config_args(parser, method=method, example=example, required=False)
+    add_run_args(parser, example_dir=example_dir)
+    parser.set_defaults(func=func)
+    return parser
+
+
 def add_run_args(parser, *, example_dir: str = "runs/NAME") -> None:
     """The options every training sub-command shares: `--run-dir`, `--resume`, `--tensorboard`."""
     parser.add_argument("--run-dir", default=None, help=f"run folder (default {example_dir})")

@@ -37,9 +37,7 @@ class CityScapes(DenseDataset):
         if root is None:
             raise ConfigError("CityScapes needs data.root: the folder holding cityscape.json")
         if num_classes not in LABEL_SETS:
-            raise ConfigError(
-                f"num_classes must be one of {sorted(LABEL_SETS)}, got {num_classes}"
-            )
+            raise ConfigError(f"num_classes must be one of {sorted(LABEL_SETS)}, got {num_classes}")
         self.TASK_CHANNELS = {"seg": num_classes, "depth": 1}
         self.num_classes = num_classes
         super().__init__(root, split, tasks, read_split_json(Path(root) / JSON))

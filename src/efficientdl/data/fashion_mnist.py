@@ -80,6 +80,4 @@ def load_fashion_mnist(
     elif normalize == "fmnist":
         stats = fashion_mnist_stats(folder)
     images = to_tensor(pixels, mean=stats[0], std=stats[1])
-    return ArrayDataset(
-        images, torch.tensor(labels), name=f"fashion-mnist-{split}", num_classes=10
-    )
+    return ArrayDataset(images, torch.tensor(labels), name=f"fashion-mnist-{split}", num_classes=10)

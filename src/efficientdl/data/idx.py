@@ -55,9 +55,7 @@ def read_idx(path: str | os.PathLike, *, magic: int | None = None) -> np.ndarray
         raise DatasetFormatError(f"{path}: too short for an IDX header ({len(raw)} bytes)")
     found = int.from_bytes(raw[:4], "big")
     if magic is not None and found != magic:
-        raise DatasetFormatError(
-            f"{path}: bad IDX magic 0x{found:08X}, expected 0x{magic:08X}"
-        )
+        raise DatasetFormatError(f"{path}: bad IDX magic 0x{found:08X}, expected 0x{magic:08X}")
     type_code, ndim = raw[2], raw[3]
     if raw[:2] != b"\x00\x00" or type_code not in _TYPES:
         raise DatasetFormatError(f"{path}: not an IDX file (magic 0x{found:08X})")

@@ -20,9 +20,7 @@ def per_class_indices(labels: torch.Tensor, per_class: int, *, seed: int) -> tor
     for c in torch.unique(labels).tolist():
         idx = (labels == c).nonzero().flatten()
         if len(idx) < per_class:
-            raise ConfigError(
-                f"class {c} has {len(idx)} samples, fewer than per_class={per_class}"
-            )
+            raise ConfigError(f"class {c} has {len(idx)} samples, fewer than per_class={per_class}")
         chosen.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
     return torch.cat(chosen).sort().values
 

@@ -9,23 +9,25 @@ from pathlib import Path
 from efficientdl.core.config import add_config_args, config_from_args
 from efficientdl.core.distributed import is_main_process
 from efficientdl.core.errors import ConfigError, RunFolderError, UserError
-from efficientdl.core.run import add_run_args, stored_config
+from efficientdl.core.run import add_train_command, stored_config
 
 
 def register(sub) -> None:
     """Add the `ke` sub-command tree to the top-level parser."""
     ke = sub.add_parser("ke", help="Knowledge Evolution (generations, KELS/WELS, slim nets)")
     actions = ke.add_subparsers(dest="action", required=True)
-    train = actions.add_parser(
+    add_train_command(
+        actions,
         "train",
+        method="ke",
+        example="ke/demo",
+        example_dir="runs/ke/<name>-<time>",
+        func=_train,
         help="run one arm of a KE experiment (checkpointed; torchrun shards each batch)",
         description="Run one arm of a KE experiment into a run folder. --resume continues it "
         "(a finished run too, with --set generations=N); without --config it uses the stored "
         "config. Under torchrun every rank trains on its shard of each global batch.",
     )
-    add_config_args(train, method="ke", example="ke/demo", required=False)
-    add_run_args(train, example_dir="runs/ke/<name>-<time>")
-    train.set_defaults(func=_train)
     bench = actions.add_parser("bench", help="dense vs slim parameters, MACs and CPU latency")
     add_config_args(bench, method="ke", example="ke/demo")
     bench.add_argument("--input-size", type=int, default=28, help="square input side")

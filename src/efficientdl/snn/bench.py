@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from efficientdl.core import registry
 from efficientdl.core.benchmark import saved_mib, time_variants
 from efficientdl.core.config import add_config_args, config_from_args
 from efficientdl.core.errors import ConfigError
@@ -32,15 +33,6 @@ from efficientdl.snn import SpikingConv2d, SpikingDropout, SpikingLinear, SumPoo
 from efficientdl.snn.config import TSSLBPRecipe, recipe
 from efficientdl.snn.networks import build, list_models
 from efficientdl.snn.train import compute_loss, make_optimizer, train_step
-
-INPUT = {
-    "mnist_cnn": (1, 28, 28),
-    "fmnist_mlp": (1, 28, 28),
-    "fmnist_cnn": (1, 28, 28),
-    "nmnist_cnn": (2, 34, 34),
-    "cifar10_cnn1": (3, 32, 32),
-    "cifar10_cnn2": (3, 32, 32),
-}
 
 
 class FloorNet(nn.Module):
@@ -115,7 +107,7 @@ def bench_network(name, device, batch, warmup, iters, r=None):
     """Times of our step (fused, torch) and the floor for one network, trained with recipe `r`
     (default: the paper's recipe of `name`)."""
     torch.manual_seed(0)
-    shape = INPUT[name]
+    shape = registry.get("snn", name).input_shape
     if r is None:
         r = recipe(name.replace("_t100", ""), device=device.type)
     T = r.T

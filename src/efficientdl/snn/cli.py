@@ -8,7 +8,7 @@ import json
 from efficientdl.core.config import add_config_args, config_from_args
 from efficientdl.core.distributed import is_main_process
 from efficientdl.core.errors import ConfigError
-from efficientdl.core.run import add_run_args
+from efficientdl.core.run import add_train_command
 
 DATA_KEYS = ("dataset", "data_root", "data_options", "normalize")
 RUNTIME_KEYS = ("batch_size", "device", "threads", "backend")
@@ -33,17 +33,19 @@ def register(sub) -> None:
     """Add the `snn` sub-command tree to the top-level parser."""
     snn = sub.add_parser("snn", help="TSSL-BP spiking networks")
     actions = snn.add_subparsers(dest="action", required=True)
-    train = actions.add_parser(
+    train = add_train_command(
+        actions,
         "train",
+        method="snn",
+        example="mnist_cnn",
+        example_dir="runs/<run_name or model>-<time>",
+        func=_train,
         help="train a recipe; writes a run folder",
         description="Train a TSSL-BP recipe into a new run folder, or continue one with --resume "
         "(without --config it continues with the run's stored recipe; only epochs may change, "
         "and grow, besides threads, device, backend, data_root and checkpoint_every).",
     )
-    add_config_args(train, method="snn", example="mnist_cnn", required=False)
-    add_run_args(train, example_dir="runs/<run_name or model>-<time>")
     train.add_argument("--no-report", action="store_true", help="skip report.md and the plots")
-    train.set_defaults(func=_train)
     evaluate = actions.add_parser(
         "evaluate",
         help="test accuracy of a run's checkpoint",
