@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from efficientdl.core.errors import ConfigError
+from efficientdl.core.runtime import derive_seed
 
 IGNORE = 255
 
@@ -69,7 +70,7 @@ def split_off(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarra
     """(rest, held-out) index arrays: ⌈fraction·n⌉ indices held out by a seeded permutation."""
     if not 0.0 <= fraction < 1.0:
         raise ConfigError(f"val_fraction must be in [0, 1), got {fraction!r}")
-    perm = np.random.default_rng(seed).permutation(n)
+    perm = np.random.default_rng(derive_seed(seed, "split")).permutation(n)
     k = int(np.ceil(fraction * n))
     return np.sort(perm[k:]), np.sort(perm[:k])
 
@@ -77,7 +78,7 @@ def split_off(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarra
 def halves(indices: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A seeded halving of `indices` into train1 / train2 (AdaShare trains the network weights on
     train1 and the select policy on train2)."""
-    perm = np.random.default_rng([seed, 1]).permutation(np.asarray(indices))
+    perm = np.random.default_rng(derive_seed(seed, "halves")).permutation(np.asarray(indices))
     mid = len(perm) // 2
     return np.sort(perm[:mid]), np.sort(perm[mid:])
 
@@ -150,8 +151,9 @@ def augment(
 class BatchStream:
     """Endless drop-last batches over a dataset, reshuffled per epoch, resumable exactly.
 
-    The order of epoch e comes from a generator seeded by (seed, stream, e); the augmentation of
-    batch b of epoch e by (seed, stream, e, b). `state()` / `load_state()` carry (epoch, position).
+    The order of epoch e comes from a generator seeded by `derive_seed(seed, stream, e)`, the
+    augmentation of batch b of epoch e by `derive_seed(seed, stream, e, b)`. `state()` /
+    `load_state()` carry (epoch, position).
     """
 
     def __init__(self, dataset, batch_size: int, *, seed: int, stream: int, augment_fn=None):
@@ -176,14 +178,14 @@ class BatchStream:
     def __next__(self) -> dict[str, torch.Tensor]:
         if self.position >= self.batches_per_epoch:
             self.epoch, self.position = self.epoch + 1, 0
-        order = np.random.default_rng([self.seed, self.stream, self.epoch]).permutation(
+        order = np.random.default_rng(derive_seed(self.seed, self.stream, self.epoch)).permutation(
             len(self.dataset)
         )
         b = self.position
         idx = order[b * self.batch_size : (b + 1) * self.batch_size]
         samples = [self.dataset[int(i)] for i in idx]
         if self.augment_fn is not None:
-            rng = np.random.default_rng([self.seed, self.stream, self.epoch, b])
+            rng = np.random.default_rng(derive_seed(self.seed, self.stream, self.epoch, b))
             samples = [self.augment_fn(s, rng) for s in samples]
         self.position += 1
         return collate(samples)

@@ -20,6 +20,7 @@ from efficientdl.core import (
     RunFolderError,
     UserError,
     default_run_dir,
+    derive_seed,
     init_distributed,
     load_checkpoint,
     open_run,
@@ -145,12 +146,12 @@ def _subset(n: int, size: int | None, seed: int) -> torch.Tensor:
 
 
 def _epoch_perm(indices: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    g = torch.Generator().manual_seed(derive_seed(seed, "epoch", epoch))
     return indices[torch.randperm(len(indices), generator=g)]
 
 
 def _batch_generator(seed: int, epoch: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_033 + step)
+    return torch.Generator().manual_seed(derive_seed(seed, "batch", epoch, step))
 
 
 def _load_data(recipe: TSSLBPRecipe, data_root):

@@ -35,6 +35,7 @@ from efficientdl.core import (
     set_rng_state,
 )
 from efficientdl.core.log import get_logger
+from efficientdl.core.runtime import derive_seed
 
 LATEST, BEST, LOGITS_HISTORY = "latest.pt", "best.pt", "logits_history.json"
 EVAL_SEED = 4242
@@ -50,7 +51,7 @@ def n_unlocked(cycle: int, num_blocks: int, train_cfg) -> int:
 
 def gate_generator(seed: int, iteration: int) -> torch.Generator:
     """The Gumbel/Bernoulli noise of one iteration (identical on resume and on every rank)."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + iteration)
+    return torch.Generator().manual_seed(derive_seed(seed, "gates", iteration))
 
 
 def regularisers(model, n: int, train_cfg) -> torch.Tensor:
