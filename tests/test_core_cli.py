@@ -140,3 +140,33 @@ def test_command_line_mistakes_are_one_line(argv, fragment, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: efficientdl") and fragment in err[0], err
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (
+            ["ke", "bench", "--config", "ke/demo", "--set", "lr=5"],
+            "ke bench cannot honour --set lr",
+        ),
+        (
+            ["snn", "bench", "--config", "mnist_cnn", "--set", "epochs=3"],
+            "snn bench cannot honour --set epochs",
+        ),
+    ],
+)
+def test_a_bench_refuses_an_override_it_would_ignore(argv, fragment, capsys):
+    from efficientdl.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
+
+
+def test_refuse_unread_names_the_first_key_outside_what_is_read():
+    from efficientdl.core.config import refuse_unread
+    from efficientdl.core.errors import ConfigError
+
+    refuse_unread(["a=1", "b.c=2"], reads=("a", "b"), command="x")  # all read: no error
+    with pytest.raises(ConfigError, match=r"x cannot honour --set d: it reads only a, b"):
+        refuse_unread(["a=1", "d=2", "e=3"], reads=("b", "a"), command="x")

@@ -218,6 +218,18 @@ def add_config_args(parser, *, method: str, example: str, required: bool = True)
     )
 
 
+def refuse_unread(overrides: typing.Iterable[str], *, reads: typing.Iterable[str], command: str):
+    """ConfigError naming the first `--set` key that `command` does not read (a top-level key
+    outside `reads`): an override a command cannot honour is never silently ignored."""
+    reads = sorted(set(reads))
+    for text in overrides:
+        key, _ = parse_override(text)
+        if key.split(".", 1)[0] not in reads:
+            raise ConfigError(
+                f"{command} cannot honour --set {key}: it reads only {', '.join(reads)}"
+            )
+
+
 def config_from_args(cls: type[T], args, *, stored: dict[str, Any] | None = None) -> T:
     """`cls` from a command's `--config NAME|FILE` (a packaged recipe of `args.config_method` or a
     file) and `--set` overrides; without `--config`, from `stored` (a resumed run's config)."""

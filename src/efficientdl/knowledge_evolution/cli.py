@@ -6,7 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from efficientdl.core.config import add_config_args, config_from_args
+from efficientdl.core.config import add_config_args, config_from_args, refuse_unread
 from efficientdl.core.distributed import is_main_process
 from efficientdl.core.errors import ConfigError, RunFolderError, UserError
 from efficientdl.core.run import add_train_command, stored_config
@@ -35,6 +35,11 @@ def register(sub) -> None:
     bench.add_argument("--batch", type=int, nargs="+", default=[1, 64])
     bench.add_argument("--runs", type=int, default=20, help="timed runs (median reported)")
     bench.set_defaults(func=_bench)
+
+
+BENCH_READS = ("model", "stem", "in_channels", "width", "split_rate", "scheme", "wels_sampling",
+               "channel_multiple", "seed", "threads")  # fmt: skip
+"""The config keys `ke bench` reads: the network and its split (no training)."""
 
 
 def _config(args, stored=None):
@@ -81,6 +86,7 @@ def _bench(args) -> int:
     from efficientdl.knowledge_evolution.experiment import build, make_masks
     from efficientdl.knowledge_evolution.slim import extract_slim
 
+    refuse_unread(args.overrides, reads=BENCH_READS, command="ke bench")
     config = _config(args)
     for name, value in (("--input-size", args.input_size), ("--classes", args.classes),
                         ("--runs", args.runs), *(("--batch", b) for b in args.batch)):  # fmt: skip

@@ -17,6 +17,7 @@ Prints a table and writes JSON (default benchmarks/snn_speed.json).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import platform
@@ -27,7 +28,7 @@ from torch import nn
 
 from efficientdl.core import registry
 from efficientdl.core.benchmark import saved_mib, time_variants
-from efficientdl.core.config import add_config_args, config_from_args
+from efficientdl.core.config import add_config_args, config_from_args, refuse_unread
 from efficientdl.core.errors import ConfigError
 from efficientdl.snn import SpikingConv2d, SpikingDropout, SpikingLinear, SumPool2d, tsslbp
 from efficientdl.snn.config import TSSLBPRecipe, recipe
@@ -160,6 +161,14 @@ def _triple(row, kind):
     return "/".join("n/a" if v is None else f"{v:.1f}" for v in values)
 
 
+NOT_STEP_KEYS = ("epochs", "train_subset", "test_subset", "dataset", "data_root", "data_options",
+                 "normalize", "seed", "device", "threads", "out_dir", "run_name",
+                 "checkpoint_every")  # fmt: skip
+STEP_KEYS = tuple(f.name for f in dataclasses.fields(TSSLBPRecipe) if f.name not in NOT_STEP_KEYS)
+"""The recipe keys `snn bench` reads: what one training step computes (the network, loss,
+optimiser and batch size); `--device` and `--threads` are its own options."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's options (shared by benchmarks/snn_speed.py and `efficientdl snn bench`)."""
     add_config_args(
@@ -191,6 +200,7 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     r = None
     if args.config is not None:
+        refuse_unread(args.overrides, reads=STEP_KEYS, command="snn bench")
         r = config_from_args(TSSLBPRecipe, args).validate()
         nets, args.batch = [r.model], r.batch_size
     elif args.overrides:
