@@ -74,17 +74,6 @@ def _bench(args) -> int:
     return 0
 
 
-def load(args, *, stored: dict | None = None):
-    """The AdaShareConfig of a command: `--config` (+ `--set`), else the `stored` config of the
-    run it continues or reads (+ `--set`), else the built-in procedural demo (+ `--set`)."""
-    from efficientdl.adashare.config import AdaShareConfig, demo_config
-    from efficientdl.core.config import config_from_args
-
-    return config_from_args(
-        AdaShareConfig, args, stored=demo_config() if stored is None else stored
-    ).validate()
-
-
 def existing_run(args) -> dict:
     """The stored record of the AdaShare run that `evaluate`/`visualize` read (RunFolderError
     when `--run-dir` is missing or holds no AdaShare run)."""
@@ -127,13 +116,14 @@ def _visualize(args) -> int:
 
 
 def _evaluate(args) -> int:
+    from efficientdl.adashare.config import AdaShareConfig
     from efficientdl.adashare.phases.context import FREE, open_context
     from efficientdl.adashare.phases.select import evaluate
-    from efficientdl.core.config import to_dict
+    from efficientdl.core.config import config_from_args, to_dict
     from efficientdl.core.run import config_differences
 
     record = existing_run(args)
-    cfg = load(args, stored=record["config"])
+    cfg = config_from_args(AdaShareConfig, args, stored=record["config"]).validate()
     problems = config_differences(record["config"], to_dict(cfg), free=FREE)
     if problems:
         raise ConfigError(
@@ -152,20 +142,15 @@ def _run(args) -> int:
         return _visualize(args)
     if args.action == "evaluate":
         return _evaluate(args)
-    from efficientdl.adashare.config import ABLATIONS, BASELINES
+    from efficientdl.adashare.config import ABLATIONS, BASELINES, AdaShareConfig, demo_config
     from efficientdl.adashare.phases.context import open_context
-    from efficientdl.core.run import stored_config
+    from efficientdl.core.run import train_config
 
-    if args.resume and args.run_dir is None:
-        raise RunFolderError("--resume needs --run-dir: the folder of the run to continue")
     if args.action == "baseline" and args.name not in (*BASELINES, *ABLATIONS):
         raise ConfigError(
             f"--name {args.name}: unknown baseline; expected one of {[*BASELINES, *ABLATIONS]}"
         )
-    stored = None
-    if args.resume and args.config is None:
-        stored = stored_config(args.run_dir, "adashare")
-    cfg = load(args, stored=stored)
+    cfg = train_config(AdaShareConfig, args, method="adashare", default=demo_config()).validate()
     num = cfg.sample.num
     if args.action == "retrain" and args.sample is not None and not 0 <= args.sample < num:
         raise ConfigError(f"--sample must be in 0..{num - 1} (sample.num={num}), got {args.sample}")

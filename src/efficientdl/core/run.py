@@ -211,6 +211,27 @@ def open_run(
     return RunFolder(path, method, resume, is_main=is_main, created=created)
 
 
+def train_config(cls, args, *, method: str, default: dict[str, Any] | None = None):
+    """The config of a training command: `--config` (+ `--set`); without it, on `--resume`, the
+    config stored in `--run-dir` (+ `--set`), else `default`. Without either a ConfigError says
+    what to pass; `--resume` without `--run-dir` is a RunFolderError."""
+    from efficientdl.core.config import config_from_args
+    from efficientdl.core.errors import ConfigError
+
+    if args.resume and args.run_dir is None:
+        raise RunFolderError("--resume needs --run-dir (the folder of the run to continue)")
+    stored = default
+    if args.config is None:
+        if args.resume:
+            stored = stored_config(args.run_dir, method) or default  # None: open_run says why
+        elif default is None:
+            raise ConfigError(
+                f"{method} train needs --config NAME|FILE (`efficientdl configs {method}` lists "
+                "them), or --resume --run-dir DIR to continue a run with its stored config"
+            )
+    return config_from_args(cls, args, stored=stored)
+
+
 def add_train_command(actions, name: str, *, method: str, example: str, example_dir: str, func,
                       **parser_options):  # fmt: skip
     """A training sub-command `name` of `method`: `--config NAME|FILE` (optional: a resumed run

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from efficientdl.core.config import add_config_args, config_from_args, refuse_unread
 from efficientdl.core.distributed import is_main_process
-from efficientdl.core.errors import ConfigError, RunFolderError, UserError
-from efficientdl.core.run import add_train_command, stored_config
+from efficientdl.core.errors import ConfigError, UserError
+from efficientdl.core.run import add_train_command, train_config
 
 
 def register(sub) -> None:
@@ -42,26 +42,17 @@ BENCH_READS = ("model", "stem", "in_channels", "width", "split_rate", "scheme", 
 """The config keys `ke bench` reads: the network and its split (no training)."""
 
 
-def _config(args, stored=None):
+def _config(args):
     from efficientdl.knowledge_evolution.config import KEConfig
 
-    return config_from_args(KEConfig, args, stored=stored).validate()
+    return config_from_args(KEConfig, args).validate()
 
 
 def _train(args) -> int:
+    from efficientdl.knowledge_evolution.config import KEConfig
     from efficientdl.knowledge_evolution.experiment import run_experiment
 
-    if args.resume and args.run_dir is None:
-        raise RunFolderError("--resume needs --run-dir (the folder of the run to continue)")
-    stored = None
-    if args.config is None:
-        if not args.resume:
-            raise ConfigError(
-                "ke train needs --config NAME|FILE (e.g. ke/demo; `efficientdl configs ke`), "
-                "or --resume --run-dir DIR to continue a run with its stored config"
-            )
-        stored = stored_config(args.run_dir, "ke")
-    config = _config(args, stored)
+    config = train_config(KEConfig, args, method="ke").validate()
     given = args.run_dir
     # Ctrl-C offers `--resume` only once the run has started (config.json written); a resumed
     # run can always be resumed again.

@@ -80,20 +80,13 @@ def register(sub) -> None:
 
 
 def _train(args) -> int:
-    from efficientdl.core.run import stored_config
+    from efficientdl.core.run import train_config
     from efficientdl.core.runtime import default_run_dir
     from efficientdl.snn.config import TSSLBPRecipe
     from efficientdl.snn.report import write_report
     from efficientdl.snn.train import fit
 
-    if args.resume and args.run_dir is None:
-        raise ConfigError("--resume needs --run-dir (the folder of the run to continue)")
-    stored = None
-    if args.config is None:
-        if not args.resume:
-            raise ConfigError("snn train needs --config NAME|FILE (or --resume --run-dir DIR)")
-        stored = stored_config(args.run_dir, "snn")  # None: open_run says why
-    recipe = config_from_args(TSSLBPRecipe, args, stored=stored).validate()
+    recipe = train_config(TSSLBPRecipe, args, method="snn").validate()
     run_dir = args.run_dir or str(default_run_dir(recipe.out_dir, recipe.run_name or recipe.model))
     # Ctrl-C names the folder (main prints `... --run-dir DIR --resume`) once the run has begun
     # (or, on --resume, at once): before that, a new folder holds nothing to continue.
