@@ -86,3 +86,9 @@ def test_list_prints_every_registered_name(what, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     printed = [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
     assert printed == LISTED[what] and printed
+
+
+def test_the_baseline_entries_are_the_names_the_adashare_config_accepts():
+    from efficientdl.adashare.config import ABLATIONS, BASELINES
+
+    assert registry.names("baseline") == sorted((*BASELINES, *ABLATIONS))
