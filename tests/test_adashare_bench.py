@@ -51,8 +51,9 @@ def test_speed_benchmark_runs_and_reports_each_target(tmp_path, capsys):
     model = AdaShareNet("resnet18", bench.TASKS, "aspp", width=4)
     policy = bench.policy_from_strings(bench.TASKS, ["01011100", "01011110", "11100110"])
     assert res["tree_stats"]["macs"] == flops(model, 33, 33, policy)["macs_shared"]
+    assert res["hard_macs"] == flops(model, 33, 33)["macs_shared"]
     assert res["sweep"]["0"]["macs"] > res["sweep"]["8"]["macs"]
-    assert len(res["targets"]) == 5 and all(isinstance(t["met"], bool) for t in res["targets"])
+    assert len(res["targets"]) == 6 and all(isinstance(t["met"], bool) for t in res["targets"])
     learned_row = bench.policy_from_strings(bench.TASKS, ["10" * 4, "01" * 4, "1" * 8])
     assert bench.learned_policy(run, 8) == learned_row
     with pytest.raises(ValueError, match="needs \\('seg', 'normal', 'depth'\\) and 16 blocks"):
@@ -85,8 +86,12 @@ def test_gpu_speed_targets():
             "hard_inference": row(31.0, 900.0),
         },
         "sweep": {"0": {"ms": 3.0}, "8": {"ms": 2.0}},
+        "tree_stats": {"macs": 107},
+        "hard_macs": 100,
     }
+    overhead = "tree inference / hard inference <= 1.02 x its MAC ratio 1.070"
     assert _met(res, "bf16") == {
+        overhead: True,
         "tree inference (benchmark policy) / hard-sharing inference <= 1.0": True,
         "search step <= 203/1.6 = 126.9 ms (official anchor)": True,
         "search step peak < 14.9 GB and < official mode": True,
@@ -96,9 +101,12 @@ def test_gpu_speed_targets():
     res["main"]["tree_inference"] = row(32.0, 1200.0)
     res["main"]["search_step_official"] = row(150.0, 7000.0)
     assert _met(res, "fp32") == {
+        overhead: True,  # 32 / 31 = 1.032 <= 1.02 × 1.07 = 1.091
         "tree inference (benchmark policy) / hard-sharing inference <= 1.0": False,
         "search step <= 203/1.6 = 126.9 ms (official anchor)": True,
         "search step peak < 14.9 GB and < official mode": False,
         "official-mode search step / ours >= 1.2 (fp32)": True,
         "tree inference peak / official-mode policy inference peak <= 1.1": False,
     }
+    res["main"]["tree_inference"] = row(34.0, 1200.0)  # 34 / 31 = 1.097 > 1.091
+    assert _met(res, "fp32")[overhead] is False

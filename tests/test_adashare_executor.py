@@ -156,3 +156,30 @@ def test_bad_policy_is_rejected():
         TreeExecutor(model, Policy(("a", "b"), torch.ones(2, L, dtype=torch.bool)))
     with pytest.raises(ValueError, match="blocks"):
         TreeExecutor(model, Policy(tuple(TASKS), torch.ones(4, 16, dtype=torch.bool)))
+
+
+def test_policy_owns_its_tensor_so_a_cached_executor_stays_right():
+    """Mutating the caller's tensor after building a Policy changes neither the policy nor a
+    TreeExecutor built from it: both keep agreeing with `model(x, policy)`."""
+    model = _model()
+    rows = torch.tensor([[1, 0] * (L // 2), [0, 1] * (L // 2), [1] * L, [0] * L], dtype=torch.bool)
+    policy = Policy(tuple(TASKS), rows)
+    tree = TreeExecutor(model, policy)
+    kept = rows.clone()
+    rows ^= True  # the caller reuses its tensor
+    assert torch.equal(policy.execute, kept)
+    x = torch.randn(1, 3, 40, 40)
+    out = tree(x)
+    with torch.no_grad():
+        per_task = model(x, policy)
+    for t in TASKS:
+        assert torch.equal(out[t], per_task[t]), t
+
+
+def test_executor_counts_stay_per_image_size():
+    """The cached counts follow the input size: a second size gives that size's MACs."""
+    model, policy = _model(), POLICIES["random0"]
+    tree = TreeExecutor(model, policy)
+    for size in (40, 48, 40):
+        tree(torch.randn(1, 3, size, size))
+        assert tree.stats()["macs"] == flops(model, size, size, policy)["macs_shared"], size

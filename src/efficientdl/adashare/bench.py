@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from efficientdl.adashare.model import AdaShareNet
+from efficientdl.adashare.model import AdaShareNet, flops
 from efficientdl.adashare.model.executor import TreeExecutor
 from efficientdl.adashare.model.policy import Policy
 from efficientdl.adashare.objectives.losses import (
@@ -292,6 +292,7 @@ def _measure(args, device) -> dict:
         res["main"][name]["saved_mb"] = saved_mib(fn)
     tree(ours.x)
     res["tree_stats"] = tree.stats()
+    res["hard_macs"] = flops(ours.model, args.size, args.size)["macs_shared"]
     sweep = sweep_policies(len(TASKS), ours.model.num_blocks, args.sweep)
     execs = {s: ours.executor(p) for s, p in sweep.items()}
     timed = _time_rows(
@@ -326,6 +327,12 @@ def _measure(args, device) -> dict:
         "flush_denormal": device.type == "cpu",
     }
     return res
+
+
+def tree_cost_ratios(res: dict) -> tuple[float, float]:
+    """(time, MACs) of the TreeExecutor on the benchmark policy, each over hard sharing's."""
+    time = res["main"]["tree_inference"]["ms"] / res["main"]["hard_inference"]["ms"]
+    return time, res["tree_stats"]["macs"] / res["hard_macs"]
 
 
 def format_table(res: dict) -> str:
@@ -382,6 +389,12 @@ def format_table(res: dict) -> str:
             continue
         ratio = f"{m[key]['ms'] / m[ref]['ms']:.3f}× {ref}" if ref else ""
         lines.append(f"| {label} | {m[key]['ms']:.1f} | {ratio} | {mem(m[key])} |")
+    time_ratio, mac_ratio = tree_cost_ratios(res)
+    lines += [
+        "",
+        f"TreeExecutor on the benchmark policy: {time_ratio:.3f}× hard sharing's time for "
+        f"{mac_ratio:.3f}× its MACs (time / MAC ratio {time_ratio / mac_ratio:.3f})",
+    ]
     lines += ["", "| blocks skipped (all tasks) | ms | GMACs/image |", "|---:|---:|---:|"]
     for s, row in res["sweep"].items():
         lines.append(f"| {s} | {row['ms']:.1f} | {row['macs'] / 1e9:.2f} |")

@@ -58,6 +58,7 @@ class TreeExecutor:
         self.autocast = autocast
         self.root = prefix_tree([tuple(r) for r in policy.execute.tolist()])
         self._stats: dict[str, int] = {}
+        self._stats_at: dict[tuple[int, int], dict[str, int]] = {}
 
     def num_nodes(self) -> int:
         """Distinct prefix-tree nodes below the root (= block evaluations incl. identity skips)."""
@@ -85,8 +86,6 @@ class TreeExecutor:
 
     def _run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         model = self.model
-        c = costs(model, x.shape[-2], x.shape[-1])
-        stats = {"blocks": 0, "projections": 0, "nodes": 0, "macs": c.stem}
         out: dict[str, torch.Tensor] = {}
         stack = [(model.stem(x), self.root)]
         while stack:
@@ -95,24 +94,39 @@ class TreeExecutor:
                 for k in node.tasks:
                     task = model.tasks[k]
                     out[task] = model.heads[task](h)
-                    stats["macs"] += c.heads[task]
                 continue
             block = model.blocks[node.depth]
-            pending = []
-            for child in node.children:
-                if child.execute:
-                    y = block.execute(h)
-                    stats["blocks"] += 1
-                else:
-                    y = block.shortcut(h)
-                    stats["projections"] += block.projection is not None
-                stats["nodes"] += 1
-                stats["macs"] += c.block(node.depth, child.execute)
-                pending.append((y, child))
+            pending = [
+                (block.execute(h) if child.execute else block.shortcut(h), child)
+                for child in node.children
+            ]
             del h  # the parent is freed once all its children exist
             stack.extend(reversed(pending))
-        self._stats = stats
+        self._stats = self._stats_for(x.shape[-2], x.shape[-1])
         return out
+
+    def _stats_for(self, height: int, width: int) -> dict[str, int]:
+        """The tree's counts and conv/linear MACs per image at height × width, computed once per
+        image size: they depend on the tree and the size only, never on the pixels."""
+        key = (height, width)
+        if key not in self._stats_at:
+            model = self.model
+            c = costs(model, height, width)
+            stats = {"blocks": 0, "projections": 0, "nodes": 0, "macs": c.stem}
+            stack = [self.root]
+            while stack:
+                node = stack.pop()
+                if not node.children:
+                    stats["macs"] += sum(c.heads[model.tasks[k]] for k in node.tasks)
+                for child in node.children:
+                    projection = model.blocks[node.depth].projection is not None
+                    stats["blocks"] += child.execute
+                    stats["projections"] += projection and not child.execute
+                    stats["nodes"] += 1
+                    stats["macs"] += c.block(node.depth, child.execute)
+                    stack.append(child)
+            self._stats_at[key] = stats
+        return self._stats_at[key]
 
     def stats(self) -> dict[str, int]:
         """Of the last call: blocks executed, projections computed, tree nodes evaluated and

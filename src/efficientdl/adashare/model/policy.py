@@ -89,7 +89,7 @@ class Policy:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        execute = torch.as_tensor(self.execute).detach().to("cpu", torch.bool)
+        execute = torch.as_tensor(self.execute).detach().to("cpu", torch.bool).clone()
         if execute.dim() != 2 or execute.shape[0] != len(self.tasks):
             raise ValueError(
                 f"Policy.execute must be [K, L] with K = {len(self.tasks)} tasks, "
