@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from efficientdl.adashare.config import ABLATIONS
+from efficientdl.adashare.config import ABLATIONS, BASELINES
 from efficientdl.adashare.objectives.metrics import DELTA_METRICS, delta_t
 
-BASELINE_ARMS = ("single_task", "multi_task", "random_policy", "stochastic_depth")
-ARMS = (*BASELINE_ARMS, "adashare", *ABLATIONS)  # ablations: columns where a seed ran them
+ARMS = (*BASELINES, "adashare", *ABLATIONS)  # columns where a seed ran them
 
 
 def load_runs(folder: Path) -> dict:

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from efficientdl.adashare.objectives.metrics import (
     DELTA_METRICS,
@@ -16,6 +17,8 @@ from efficientdl.adashare.objectives.metrics import (
     SegmentationMeter,
     delta_t,
     miou,
+    normal_angles,
+    official_normal_angles,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -258,12 +261,12 @@ def test_delta_t_by_hand():
         delta_t(results, single, {"depth": {"rel_err": False}})
     with pytest.raises(ValueError, match="single-task depth.abs_err is 0"):
         delta_t(results, {**single, "depth": {"abs_err": 0.0}}, hib)
-    assert set(DELTA_METRICS["nyu"]["normal"]) == {
-        "mean",
-        "median",
-        "within_11_25",
-        "within_22_5",
-        "within_30",
+    assert set(DELTA_METRICS["nyu"]["normal"]) == {  # the paper's: the official-code angles
+        "official_mean",
+        "official_median",
+        "official_within_11_25",
+        "official_within_22_5",
+        "official_within_30",
     }
 
 
@@ -287,3 +290,62 @@ def test_results_csv_holds_test_metrics_delta_t_params_and_flops(tmp_path):
     assert values[("single_task", "", "gflops_shared")] == 9.0
     assert values[("single_task", "", "gflops_per_task_sum")] == 9.0
     assert values[("adashare", "", "delta_t")] == 1.5 and values[("adashare", "", "params")] == 11e6
+
+
+def test_official_normal_angles_on_hand_made_vectors():
+    """The official code's angle is the one between the raw encodings (n + 1)/2 (× 255): for a
+    target straight at the camera, a prediction 90° off is 33.56° there and an opposite one
+    54.74° (closed forms below); the scale of the prediction does not matter."""
+    target = torch.tensor([0.0, 0.0, 1.0]).reshape(1, 3, 1, 1).expand(3, 3, 1, 1)
+    pred = torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.0, -0.2], [0.0, 0.0, 5.0]]).reshape(3, 3, 1, 1)
+    # (1, .5, .5)·(.5, .5, 1) = 1.25, |·|² = 1.5 each; (.5, .5, 0)·(.5, .5, 1) = 0.5 over √.5·√1.5
+    want = [math.degrees(math.acos(1.25 / 1.5)), math.degrees(math.acos(0.5 / math.sqrt(0.75))), 0]
+    got = official_normal_angles(pred, target)[:, 0, 0]
+    assert got.tolist() == pytest.approx(want, abs=1e-9)
+    assert normal_angles(pred, target)[:, 0, 0].tolist() == pytest.approx([90, 180, 0], abs=1e-9)
+    meter = NormalMeter()
+    meter.update(pred, target)
+    out = meter.compute()
+    assert out["official_mean"] == pytest.approx(np.mean(want)) and out["mean"] == pytest.approx(90)
+    assert out["official_within_45"] == pytest.approx(200 / 3)
+    assert out["within_45"] == pytest.approx(100 / 3)
+
+
+def official_normal_metrics(sn_output: np.ndarray, normal_raw: np.ndarray) -> dict:
+    """A transcription of the official `normal_error` and its aggregation in test.py /
+    re-train.py: pixels with a channel of 255 dropped, both vectors normalised, cosine
+    clipped, angles in degrees (in float64 here, float32 there)."""
+    prediction = torch.from_numpy(sn_output).permute(0, 2, 3, 1).reshape(-1, 3)
+    gt = torch.from_numpy(normal_raw).permute(0, 2, 3, 1).reshape(-1, 3)
+    labels = gt.max(dim=1)[0] != 255
+    gt, prediction = F.normalize(gt[labels], dim=1), F.normalize(prediction[labels], dim=1)
+    cos = np.clip(torch.nn.CosineSimilarity()(gt, prediction).numpy(), -1, 1)
+    angles = np.arccos(cos) / np.pi * 180.0
+    out = {"mean": np.mean(angles), "median": np.median(angles)}
+    for key, t in (("11_25", 11.25), ("22_5", 22.5), ("30", 30.0), ("45", 45.0)):
+        out[f"within_{key}"] = np.mean(np.less_equal(angles, t)) * 100
+    return out
+
+
+@pytest.mark.parametrize("batch", [1, 3, N])
+def test_official_normal_metrics_match_the_official_code(batch):
+    """Our unit targets and predictions, scored as the official code scores its raw 0–255 ones;
+    and with `encoding='official_raw'` (targets and predictions in the raw space) the same."""
+    rng = np.random.default_rng(7)
+    normal = rng.normal(size=(N, 3, H, W))
+    normal[:, 2] = np.abs(normal[:, 2])  # facing the camera, as real normals do
+    normal /= np.linalg.norm(normal, axis=1, keepdims=True)
+    pred = normal + rng.normal(0, 0.4, size=normal.shape)  # at the target resolution
+    invalid = rng.random((N, H, W)) < 0.2
+    raw = (normal + 1) / 2 * 255
+    raw[:, 1][invalid] = 255  # the official invalid marker
+    mask = ~invalid
+    pred_raw = (pred / np.linalg.norm(pred, axis=1, keepdims=True) + 1) / 2 * 255
+    ref = official_normal_metrics(pred_raw, raw)
+    for encoding, p, t in (("unit", pred, normal), ("official_raw", pred_raw, raw)):
+        out = run_meter(NormalMeter(encoding=encoding), p, t, mask, batch)
+        for key, value in ref.items():
+            assert out[f"official_{key}"] == pytest.approx(value, rel=1e-9), (encoding, key)
+    assert "mean" not in out  # the raw space has no true angle for a prediction
+    unit = run_meter(NormalMeter(), pred, normal, mask, batch)
+    assert unit["mean"] > 1.4 * unit["official_mean"]  # the raw encoding shrinks the angles

@@ -247,3 +247,43 @@ def test_config_errors():
     with pytest.raises(ConfigError, match="unknown config key 'random_policy.count'"):
         config("random_policy.count=true")
     assert config("random_policy.match_counts=true").random_policy.match_counts
+
+
+def test_search_stated_by_cycles_and_final_temperature(tmp_path):
+    """9 cycles ending at τ = 0.02: the C-th policy phase runs at exactly tau_final, the decay is
+    the closed form (0.02/5)^(1/8), and done.json holds the select-probability histogram of the
+    final logits (checked against numpy's histogram) beside its picture."""
+    import numpy as np
+
+    tr = trainer(tmp_path, "train.search_cycles=9", "train.tau_final=0.02")
+    records = []
+    tr.callbacks.append(records.append)
+    done = tr.search()
+    decay = (0.02 / 5.0) ** (1 / 8)
+    policy = [r for r in records if r["phase"] == "search_policy"]
+    assert sorted({r["cycle"] for r in policy}) == list(range(9))
+    for r in policy:
+        assert r["tau"] == pytest.approx(5.0 * decay ** r["cycle"], rel=1e-12)
+    assert policy[-1]["tau"] == pytest.approx(0.02, rel=1e-12)
+    assert done["last_policy_tau"] == pytest.approx(0.02, rel=1e-12)
+    stored = json.loads((tmp_path / "search" / "done.json").read_text())
+    logits = load_checkpoint(tmp_path / "search" / "latest.pt")["model"]["policy_logits"]
+    alpha = torch.softmax(logits.double(), -1)[..., 0].numpy().ravel()
+    expected, _ = np.histogram(alpha, bins=10, range=(0, 1))
+    assert stored["select_histogram"]["counts"] == expected.tolist()
+    assert stored["select_histogram"]["total"] == 3 * 8
+    assert (tmp_path / "search" / "select_probs.png").is_file()
+
+
+def test_schedule_config_errors():
+    from efficientdl.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="9 cycles of 2 \\+ 2 iterations after 4 .* make 40"):
+        config("train.search_cycles=9", "train.total_iters=44").validate()
+    with pytest.raises(ConfigError, match="'train.tau_final': needs train.search_cycles"):
+        config("train.tau_final=0.1").validate()
+    with pytest.raises(ConfigError, match="'train.tau_final': must be in \\(0, tau0=5.0\\]"):
+        config("train.search_cycles=9", "train.tau_final=6").validate()
+    with pytest.raises(ConfigError, match="needs train.weight_iters"):
+        config("train.search_cycles=9", "train.weight_iters=null").validate()
+    assert config("train.search_cycles=9").train.cycle_decay() == 0.965

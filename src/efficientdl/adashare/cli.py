@@ -54,8 +54,8 @@ def register(sub) -> None:
             p.add_argument(
                 "--name",
                 required=True,
-                help="single_task, multi_task, random_policy, "
-                "stochastic_depth, no_sparsity, no_sharing, no_curriculum, reinforce",
+                help="single_task, multi_task, random_policy, stochastic_depth, cross_stitch, "
+                "sluice, nddr_cnn, mtan, no_sparsity, no_sharing, no_curriculum, reinforce",
             )
         p.set_defaults(func=_run)
     bench = actions.add_parser(

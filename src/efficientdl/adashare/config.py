@@ -8,7 +8,9 @@ from typing import Literal
 from efficientdl.core.config import ConfigError
 
 OFFICIAL_SEEDS = [88, 45, 50, 100, 44, 48, 2048, 2222]
-BASELINES = ("single_task", "multi_task", "random_policy", "stochastic_depth")
+DEFAULT_BASELINES = ("single_task", "multi_task", "random_policy", "stochastic_depth")
+SOFT_SHARING_BASELINES = ("cross_stitch", "sluice", "nddr_cnn", "mtan")
+BASELINES = DEFAULT_BASELINES + SOFT_SHARING_BASELINES
 ABLATIONS = {
     "no_sparsity": ["train.sparsity_weight=0"],
     "no_sharing": ["train.sharing_weight=0"],
@@ -21,9 +23,10 @@ ABLATIONS = {
 class DataConfig:
     """Dataset, tasks and splits. `size`/`num_*`/`scene_seed` are for the procedural scenes;
     `variant` for Multi-MNIST; `crop` [h, w] and `augment` for the training augmentation;
-    `class_weights: false` trains Taskonomy seg unweighted instead of requiring its prior file."""
+    `class_weights: false` trains Taskonomy seg unweighted instead of requiring its prior file.
+    `dataset: custom` marks a run of your own tasks and datasets, given through the API."""
 
-    dataset: Literal["procedural", "multi_mnist", "nyu_v2", "cityscapes", "taskonomy"] = (
+    dataset: Literal["procedural", "multi_mnist", "nyu_v2", "cityscapes", "taskonomy", "custom"] = (
         "procedural"
     )
     root: str | None = None
@@ -54,7 +57,12 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     """Warm-up and policy search. `weight_iters`/`policy_iters` None = one epoch of the
-    half; `total_iters` counts warm-up, weight and policy iterations together."""
+    half; `total_iters` counts warm-up, weight and policy iterations together.
+
+    The search can be stated by what stays the same across scales: `search_cycles` (C weight +
+    policy cycles; checked against `total_iters` = warm-up + C·(weight_iters + policy_iters)) and
+    `tau_final`, the temperature of the last policy phase, from which the per-cycle decay
+    (tau_final / tau0)^(1/(C − 1)) is derived instead of `tau_decay`."""
 
     batch_size: int = 16
     eval_batch_size: int = 32
@@ -74,6 +82,8 @@ class TrainConfig:
     tau0: float = 5.0
     tau_decay: float = 0.965
     tau_min: float = 0.0
+    search_cycles: int | None = None
+    tau_final: float | None = None
     gumbel_hard: bool = False
     lambdas: dict = field(default_factory=dict)
     sparsity_weight: float = 0.05
@@ -83,6 +93,48 @@ class TrainConfig:
     search_method: Literal["gumbel", "reinforce"] = "gumbel"
     reinforce_baseline_decay: float = 0.9
     ckpt_every: int = 100
+
+    def cycle_decay(self) -> float:
+        """The factor τ is multiplied by after each cycle: derived from `tau_final` when it is
+        set (so that the C-th policy phase runs at τ = tau_final), else `tau_decay`."""
+        if self.tau_final is None:
+            return self.tau_decay
+        if self.search_cycles == 1:
+            return 1.0
+        return (self.tau_final / self.tau0) ** (1 / (self.search_cycles - 1))
+
+    def check_schedule(self) -> None:
+        """`search_cycles` agrees with the iteration counts; `tau_final` needs it and lies in
+        (0, tau0]; a ConfigError names the key otherwise."""
+        if self.tau_final is not None:
+            if self.search_cycles is None:
+                raise ConfigError(
+                    "config key 'train.tau_final': needs train.search_cycles (the decay is "
+                    "derived from the number of cycles)"
+                )
+            if not 0 < self.tau_final <= self.tau0:
+                raise ConfigError(
+                    f"config key 'train.tau_final': must be in (0, tau0={self.tau0}], "
+                    f"got {self.tau_final}"
+                )
+        if self.search_cycles is None:
+            return
+        if self.search_cycles < 1:
+            raise ConfigError(
+                f"config key 'train.search_cycles': must be ≥ 1, got {self.search_cycles}"
+            )
+        if self.weight_iters is None or self.policy_iters is None:
+            raise ConfigError(
+                "config key 'train.search_cycles': needs train.weight_iters and "
+                "train.policy_iters set (an epoch-long phase has no fixed length)"
+            )
+        total = self.warmup_iters + self.search_cycles * (self.weight_iters + self.policy_iters)
+        if self.total_iters != total:
+            raise ConfigError(
+                f"config key 'train.total_iters': {self.search_cycles} cycles of "
+                f"{self.weight_iters} + {self.policy_iters} iterations after "
+                f"{self.warmup_iters} warm-up iterations make {total}, got {self.total_iters}"
+            )
 
 
 @dataclass
@@ -105,6 +157,15 @@ class RandomPolicyConfig:
     blocks of the selected AdaShare policy, at uniformly random positions."""
 
     match_counts: bool = False
+
+
+@dataclass
+class SoftSharingConfig:
+    """The Cross-Stitch, Sluice and NDDR-CNN baselines: their sharing units start with
+    `init_same` on a task's own column (or subspace) and (1 − init_same)/(n − 1) on each of the
+    n − 1 others; 1 starts them as independent single-task networks."""
+
+    init_same: float = 0.9
 
 
 @dataclass
@@ -132,13 +193,14 @@ class AdaShareConfig:
     out_dir: str = "runs/adashare"
     progress: bool = True
     selection_reference: str | None = None
-    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
+    baselines: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     random_policy: RandomPolicyConfig = field(default_factory=RandomPolicyConfig)
+    soft_sharing: SoftSharingConfig = field(default_factory=SoftSharingConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
     parity: ParityConfig = field(default_factory=ParityConfig)
 
@@ -169,12 +231,20 @@ class AdaShareConfig:
             value = getattr(t, key)
             if value is not None and value < 1:
                 raise ConfigError(f"config key 'train.{key}': must be ≥ 1 or null, got {value}")
+        t.check_schedule()
         for name in self.baselines:
             if name not in BASELINES and name not in ABLATIONS:
                 raise ConfigError(
                     f"config key 'baselines': unknown {name!r}; expected from "
                     f"{list(BASELINES) + list(ABLATIONS)}"
                 )
+        if "sluice" in self.baselines:
+            check_sluice_width(self.model.width)
+        if not 0 <= self.soft_sharing.init_same <= 1:
+            raise ConfigError(
+                "config key 'soft_sharing.init_same': must be in [0, 1], got "
+                f"{self.soft_sharing.init_same!r}"
+            )
         if not self.data.tasks:
             raise ConfigError("config key 'data.tasks': needs at least one task")
         unknown = sorted(set(t.lambdas) - set(self.data.tasks))
@@ -183,6 +253,16 @@ class AdaShareConfig:
         if self.data.crop is not None and len(self.data.crop) != 2:
             raise ConfigError(f"config key 'data.crop': expected [h, w], got {self.data.crop}")
         return self
+
+
+def check_sluice_width(width: int) -> None:
+    """ConfigError unless `model.width` is even: the sluice baseline splits every stage's
+    channels into two equal subspaces."""
+    if width % 2:
+        raise ConfigError(
+            "config key 'model.width': the sluice baseline splits every stage's channels into "
+            f"two subspaces and needs an even width, got {width}"
+        )
 
 
 DEMO_RECIPE = "adashare/procedural_demo"

@@ -66,32 +66,41 @@ def dense_splits(cfg) -> dict:
     d = cfg.data
     base = create("dataset", d.dataset, data=d, parity=cfg.parity)
     train = base["train"]
-    if d.cache:
-        base = {k: Memoized(v) for k, v in base.items()}
     unknown = [t for t in d.tasks if t not in train.task_channels]
     if unknown:
         raise ConfigError(
             f"config key 'data.tasks': {unknown} not available in {d.dataset}; "
             f"known {list(train.task_channels)}"
         )
+    return run_splits(base, d)
+
+
+def run_splits(base: dict, data) -> dict:
+    """Splits train (minus val), train1, train2, val, test of the datasets `base` ({train, test}
+    and optionally val), each memoised with `data.cache`: val carved from train
+    (`data.val_fraction`, seeded by `data.split_seed`) when there is none, and the weight and
+    policy halves train1 / train2 the dataset's official lists when it has them, else a seeded
+    halving."""
+    train = base["train"]
+    if data.cache:
+        base = {k: Memoized(v) for k, v in base.items()}
     if "val" in base:
         rest, val = np.arange(len(base["train"])), None
     else:
-        rest, val = split_off(len(base["train"]), d.val_fraction, d.split_seed)
+        rest, val = split_off(len(base["train"]), data.val_fraction, data.split_seed)
     official = getattr(train, "official_halves", None)
     if official is not None:
         held = set() if val is None else set(val.tolist())
         h1, h2 = ([i for i in h if i not in held] for h in official)
     else:
-        h1, h2 = halves(rest, d.split_seed)
-    splits = {
+        h1, h2 = halves(rest, data.split_seed)
+    return {
         "train": Subset(base["train"], rest),
         "train1": Subset(base["train"], h1),
         "train2": Subset(base["train"], h2),
         "val": base["val"] if val is None else Subset(base["train"], val),
         "test": base["test"],
     }
-    return splits
 
 
 def augmenter(cfg, dataset):

@@ -2,18 +2,19 @@
 
 A multi-task dataset has `__len__`, `__getitem__(i) -> dict` of numpy arrays (`image`, one entry
 per task, optional `<task>_mask`), `tasks` and `task_channels`, and `pad_value` (the image value of
-a raw-zero pixel, per channel). Segmentation uses 255 as ignore.
+a raw-zero pixel, per channel). Segmentation uses 255 as ignore. `TaskDataset` gives a dataset of
+your own that form.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from efficientdl.core.errors import ConfigError
+from efficientdl.core.errors import ConfigError, DataError
 from efficientdl.core.runtime import derive_seed
 
 IGNORE = 255
@@ -64,6 +65,55 @@ class Memoized:
         if name == "dataset":
             raise AttributeError(name)
         return getattr(self.dataset, name)
+
+
+def _as_array(value):
+    """A sample entry as numpy (tensors moved to the CPU; float64 and Python floats → float32)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    value = np.asarray(value)
+    return value.astype(np.float32) if value.dtype == np.float64 else value
+
+
+class TaskDataset:
+    """A dataset of your own as a multi-task dataset of the given `tasks`.
+
+    Item i of `dataset` is `(image, {task: target, ...})` or a dict with `image` and one entry
+    per task; `<task>_mask` entries (bool, [H, W]) are kept, anything else is dropped. The image
+    is a float32 array [C, H, W]; tensors become numpy arrays, float64 values float32. An item
+    without the target of a task raises a DataError naming the task (the first item is checked
+    when the dataset is wrapped).
+    """
+
+    def __init__(self, dataset, tasks: Sequence[str], split: str = "train") -> None:
+        self.dataset, self.tasks, self.split = dataset, tuple(tasks), split
+        self.keys = ("image", *self.tasks, *(f"{t}_mask" for t in self.tasks))
+        if len(dataset) == 0:
+            raise DataError(f"the {split} dataset is empty")
+        self[0]  # the first item is checked now, not at the first training step
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.dataset[i]
+        where = f"{self.split} item {i}"
+        if isinstance(item, tuple | list) and len(item) == 2 and isinstance(item[1], Mapping):
+            item = {"image": item[0], **item[1]}
+        if not isinstance(item, Mapping) or "image" not in item:
+            raise DataError(
+                f"{where}: expected (image, {{task: target}}) or a dict with 'image', "
+                f"got {type(item).__name__}"
+            )
+        missing = [t for t in self.tasks if t not in item]
+        if missing:
+            have = sorted(str(k) for k in item if k != "image")
+            raise DataError(f"{where} has no target for task {missing[0]!r} (it has {have})")
+        out = {k: _as_array(item[k]) for k in self.keys if k in item}
+        out["image"] = out["image"].astype(np.float32, copy=False)
+        if out["image"].ndim != 3:
+            raise DataError(f"{where}: image of shape {out['image'].shape}; expected [C, H, W]")
+        return out
 
 
 def split_off(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

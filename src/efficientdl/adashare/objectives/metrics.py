@@ -2,6 +2,13 @@
 
 Predictions are upsampled to the target size (`nearest` [code] or `bilinear`). Percentages are
 reported in % (mIoU, pixel accuracy, within-angle, δ, accuracy), errors in target units.
+
+Surface normals are scored two ways. `mean`, `median`, `rmse`, `within_*` and `cos_sim` are the
+true angles between the unit prediction and the unit target. The `official_` ones are the angles
+as the official code measures them, and so the paper's numbers: between the vectors of the raw
+8-bit encoding v = (n + 1)/2 · 255, not between the unit normals n (the encoding maps the unit
+sphere onto a sphere off the origin, so these angles are smaller, about half). Δ_T counts the
+`official_` normal angles (`DELTA_METRICS`, the paper's metric set per task).
 """
 
 from __future__ import annotations
@@ -22,11 +29,11 @@ UPSAMPLE_MODES = ("nearest", "bilinear")
 
 _SEG = {"miou": True, "pixel_acc": True}
 _NORMAL = {
-    "mean": False,
-    "median": False,
-    "within_11_25": True,
-    "within_22_5": True,
-    "within_30": True,
+    "official_mean": False,
+    "official_median": False,
+    "official_within_11_25": True,
+    "official_within_22_5": True,
+    "official_within_30": True,
 }
 _DEPTH = {"abs_err": False, "rel_err": False, "delta1": True, "delta2": True, "delta3": True}
 _L1 = {"abs_err": False}
@@ -36,13 +43,15 @@ DELTA_METRICS: dict[str, dict[str, dict[str, bool]]] = {
     "procedural": {"seg": _SEG, "normal": _NORMAL, "depth": _DEPTH, "keypoint": _L1, "edge": _L1},
     "taskonomy": {
         "seg": {"ce_err": False},
-        "normal": {"cos_sim": True},
+        "normal": {"official_cos_sim": True},
         "depth": _L1,
         "keypoint": _L1,
         "edge": _L1,
     },
     "mnist": {"left": {"acc": True}, "right": {"acc": True}},
 }
+"""The paper's metrics per task and dataset preset, as the official code computes them, with
+their direction (True = higher is better): the metrics Δ_T counts."""
 
 
 def upsample(pred: torch.Tensor, size, mode: str = "nearest") -> torch.Tensor:
@@ -89,6 +98,13 @@ def normal_angles(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0)))
 
 
+def official_normal_angles(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Angles in degrees [B, H, W] as the official code measures them: between the raw 8-bit
+    encodings (n + 1)/2 of the unit prediction and of the target (given in [−1, 1])."""
+    raw_pred = (F.normalize(pred.double(), dim=1) + 1.0) / 2.0
+    return normal_angles(raw_pred, (target.double() + 1.0) / 2.0)
+
+
 def _valid(target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if mask is None:
         return torch.ones(target.shape[0], *target.shape[-2:], dtype=torch.bool)
@@ -126,29 +142,55 @@ class SegmentationMeter:
         }
 
 
-class NormalMeter:
-    """Angular errors pooled over valid pixels: mean, median, rmse, within_*, cos_sim."""
+NORMAL_ENCODINGS = ("unit", "official_raw")
 
-    def __init__(self, *, upsample: str = "nearest"):
-        self.mode = upsample
+
+def _angle_stats(theta: np.ndarray, prefix: str = "") -> dict:
+    out = {
+        "mean": float(theta.mean()),
+        "median": float(np.median(theta)),
+        "rmse": float(np.sqrt((theta**2).mean())),
+    }
+    out |= {k: float((theta <= t).mean() * 100) for k, t in NORMAL_THRESHOLDS.items()}
+    out["cos_sim"] = float(np.cos(np.deg2rad(theta)).mean())
+    return {prefix + k: v for k, v in out.items()}
+
+
+class NormalMeter:
+    """Angular errors pooled over valid pixels: mean, median, rmse, within_*, cos_sim of the
+    true angles, and the same of the official angles with the prefix `official_`.
+
+    `encoding='unit'`: targets are unit normals (the datasets' default). 'official_raw': targets
+    are raw 8-bit values and the network predicts in that space (`parity.normals_encoding`), so
+    the angles it gives are the official ones and no true angle exists for the prediction; only
+    the `official_` metrics are reported.
+    """
+
+    def __init__(self, *, upsample: str = "nearest", encoding: str = "unit"):
+        if encoding not in NORMAL_ENCODINGS:
+            raise ValueError(f"unknown normals encoding {encoding!r}; expected {NORMAL_ENCODINGS}")
+        self.mode, self.encoding = upsample, encoding
         self.angles: list[np.ndarray] = []
+        self.official: list[np.ndarray] = []
 
     def update(self, pred, target, mask=None) -> None:
         target = target.cpu()
         pred = upsample(pred.detach().cpu(), target.shape[-2:], self.mode)
-        self.angles.append(normal_angles(pred, target)[_valid(target, mask)].numpy())
+        valid = _valid(target, mask)
+        if self.encoding == "official_raw":
+            self.official.append(normal_angles(pred, target)[valid].numpy())
+            return
+        self.angles.append(normal_angles(pred, target)[valid].numpy())
+        self.official.append(official_normal_angles(pred, target)[valid].numpy())
 
     def compute(self) -> dict:
-        theta = np.concatenate(self.angles) if self.angles else np.zeros(0)
-        if theta.size == 0:
+        out = {}
+        for prefix, parts in (("", self.angles), ("official_", self.official)):
+            theta = np.concatenate(parts) if parts else np.zeros(0)
+            if theta.size:
+                out |= _angle_stats(theta, prefix)
+        if not out:
             raise ValueError("NormalMeter: no valid pixels were seen")
-        out = {
-            "mean": float(theta.mean()),
-            "median": float(np.median(theta)),
-            "rmse": float(np.sqrt((theta**2).mean())),
-        }
-        out |= {k: float((theta <= t).mean() * 100) for k, t in NORMAL_THRESHOLDS.items()}
-        out["cos_sim"] = float(np.cos(np.deg2rad(theta)).mean())
         return out
 
 

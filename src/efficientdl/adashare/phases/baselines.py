@@ -1,6 +1,7 @@
-"""Baselines (single-task, hard sharing, random policy, stochastic depth) with the re-training
-recipe, iterations and splits, and the ablations (w/o sparsity, w/o sharing, w/o curriculum,
-REINFORCE search) as child AdaShare runs in `baselines/<name>/`."""
+"""Baselines (single-task, hard sharing, random policy, stochastic depth, and the soft-sharing
+Cross-Stitch, Sluice, NDDR-CNN and MTAN networks) with the re-training recipe, iterations and
+splits, and the ablations (w/o sparsity, w/o sharing, w/o curriculum, REINFORCE search)
+as child AdaShare runs in `baselines/<name>/`."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from dataclasses import replace
 
 import torch
 
-from efficientdl.adashare.config import ABLATIONS, AdaShareConfig
+from efficientdl.adashare.config import ABLATIONS, AdaShareConfig, check_sluice_width
 from efficientdl.adashare.folders import ADASHARE_RESULT, RESULT, read_result, write_json
 from efficientdl.adashare.model import Policy, TreeExecutor, flops
+from efficientdl.adashare.model.soft_sharing import SOFT_SHARING, make_soft_sharing
 from efficientdl.adashare.phases.context import open_context
 from efficientdl.adashare.phases.evaluation import test
 from efficientdl.adashare.phases.phase import SELECT
@@ -19,7 +21,7 @@ from efficientdl.adashare.phases.reference import reference
 from efficientdl.adashare.phases.search import gate_generator
 from efficientdl.adashare.phases.training import train_fixed
 from efficientdl.adashare.reporting.results import cost_summary, image_size
-from efficientdl.core import RunFolderError
+from efficientdl.core import RunFolderError, seed_everything
 from efficientdl.core.config import apply_overrides, from_dict, to_dict
 from efficientdl.core.log import get_logger
 from efficientdl.core.registry import get, register
@@ -196,6 +198,42 @@ def stochastic_depth(ctx, folder) -> dict:
         "flops_shared": cost["flops_per_task_sum"],
     }
     return result
+
+
+SOFT_SHARING_DOCS = {
+    "cross_stitch": "Cross-Stitch: K task columns, a learned α [K, K] mixes them after each stage",
+    "sluice": "Sluice: K columns, α over 2 channel subspaces per task, β mixes last-stage blocks",
+    "nddr_cnn": "NDDR-CNN: K columns, per task concat → 1×1 conv → BN → ReLU after each stage",
+    "mtan": "MTAN: one shared network, per-task soft attention masks at every stage",
+}
+
+
+def soft_sharing(ctx, folder, *, network: str) -> dict:
+    """The soft-sharing network `network` (same backbone, heads, init seed and re-training recipe
+    as hard sharing), trained and tested; parameters and FLOPs by `soft_sharing_flops`."""
+    m = ctx.cfg.model
+    if network == "sluice":
+        check_sluice_width(m.width)
+    seed_everything(ctx.cfg.seed)
+    model = make_soft_sharing(
+        network,
+        m.backbone,
+        ctx.spec.channels,
+        m.head,
+        stem=m.stem,
+        in_channels=int(ctx.splits["train"][0]["image"].shape[0]),
+        width=m.width,
+        init_same=ctx.cfg.soft_sharing.init_same,
+    ).to(ctx.device)
+    if ctx.cfg.perf.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return _train_and_test(
+        ctx, folder, model, lambda x, it: model(x), lambda x, b: model(x), ctx.spec
+    )
+
+
+for _name in SOFT_SHARING:
+    register("baseline", _name, doc=SOFT_SHARING_DOCS[_name], network=_name)(soft_sharing)
 
 
 def baseline_done(ctx, name: str) -> bool:

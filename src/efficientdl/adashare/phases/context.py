@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import torch
 
 from efficientdl.adashare.config import AdaShareConfig
 from efficientdl.adashare.model import AdaShareNet
-from efficientdl.adashare.objectives.tasks import TaskSpec, task_spec
+from efficientdl.adashare.objectives.tasks import CUSTOM, Task, TaskSpec, task_spec
 from efficientdl.core import (
     ConfigError,
     DistContext,
@@ -41,8 +42,8 @@ from efficientdl.core.distributed import broadcast_object, shutdown
 from efficientdl.core.log import get_logger
 from efficientdl.core.run import CONFIG_FILE, RunFolder
 from efficientdl.core.tensorboard import Scalars, require_tensorboard
-from efficientdl.data.dense_tasks import augmenter, dense_splits
-from efficientdl.data.multitask import BatchStream
+from efficientdl.data.dense_tasks import augmenter, dense_splits, run_splits
+from efficientdl.data.multitask import BatchStream, TaskDataset
 
 log = get_logger("adashare")
 
@@ -54,10 +55,53 @@ FREE = ("threads", "device", "progress", "out_dir")
 """Config keys that do not change results (`out_dir` only names the default run folder)."""
 
 
-def build_data(cfg: AdaShareConfig) -> tuple[dict, TaskSpec]:
-    """Splits train (minus val), train1, train2, val, test of `cfg.data`, and the TaskSpec."""
-    splits = dense_splits(cfg)
-    return splits, task_spec(cfg, splits["train"])
+DATA_SPLITS = ("train", "val", "test")
+"""The datasets a run of your own tasks takes: train and test, val optionally."""
+
+
+def build_data(cfg: AdaShareConfig, tasks=None, data=None) -> tuple[dict, TaskSpec]:
+    """Splits train (minus val), train1, train2, val, test and the TaskSpec: of the dataset
+    `cfg.data`, or with `data.dataset: custom` of your own `tasks` (a list of `Task`) and
+    datasets `data` ({'train': ..., 'test': ..., optionally 'val': ...}, each yielding
+    `(image, {task: target})` or a dict, see `TaskDataset`), split by `cfg.data`."""
+    if cfg.data.dataset != CUSTOM:
+        splits = dense_splits(cfg)
+        return splits, task_spec(cfg, splits["train"])
+    if tasks is None or data is None:
+        raise ConfigError(
+            "config key 'data.dataset': a 'custom' run takes its tasks and datasets from the "
+            "API: AdaShareRun(config, tasks=[Task(...)], data={'train': ..., 'test': ...})"
+        )
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"data=: expected {{'train': ..., 'test': ...}}, got {type(data)}")
+    if set(data) - set(DATA_SPLITS) or not {"train", "test"} <= set(data):
+        raise ConfigError(
+            f"data=: expected the datasets {list(DATA_SPLITS)} (val optional), got {sorted(data)}"
+        )
+    spec = TaskSpec(tuple(tasks))
+    base = {s: TaskDataset(d, spec.tasks, s) for s, d in data.items()}
+    return run_splits(base, cfg.data), spec
+
+
+def with_tasks(config: AdaShareConfig, tasks, data) -> AdaShareConfig:
+    """`config` for a run of your own `tasks` and datasets `data` (`build_data`): its
+    `data.dataset` is `custom` and `data.tasks` the task names, so the stored config says what
+    ran; the loss weights are the tasks' own (`Task.weight`), not `train.lambdas`."""
+    if tasks is None and data is None:
+        return config
+    if tasks is None or data is None:
+        raise ConfigError("tasks= and data= come together: your tasks and the datasets of them")
+    tasks = list(tasks)
+    wrong = [t for t in tasks if not isinstance(t, Task)]
+    if wrong or not tasks:
+        raise ConfigError(f"tasks=: expected a non-empty list of Task, got {wrong or tasks!r}")
+    if config.train.lambdas:
+        raise ConfigError(
+            "config key 'train.lambdas': tasks of your own carry their loss weight "
+            "(Task(..., weight=...)); leave train.lambdas empty"
+        )
+    names = [t.name for t in tasks]
+    return replace(config, data=replace(config.data, dataset=CUSTOM, tasks=names))
 
 
 class Board:
@@ -182,17 +226,23 @@ def open_context(
     *,
     run_dir=None,
     datasets=None,
+    tasks=None,
+    data=None,
     resume: bool | None = None,
     tensorboard: bool = False,
 ) -> Context:
     """The context of the AdaShare run of `config` in `run_dir` (default: a new folder under
     `out_dir`), created or continued.
 
-    `datasets=(splits, spec)` injects data (tests, ablation runs); otherwise they are built from
-    `config.data`. `resume` (True/False) applies the run-folder rules (module docstring);
-    `tensorboard=True` writes TensorBoard scalars to `<run-dir>/tensorboard/`.
+    `tasks=[Task, ...]` with `data={'train': ..., 'test': ...}` runs tasks and datasets of your
+    own (`build_data`, `with_tasks`); `datasets=(splits, spec)` injects built splits (tests,
+    ablation runs); otherwise the data are built from `config.data`. `resume` (True/False)
+    applies the run-folder rules (module docstring); `tensorboard=True` writes TensorBoard
+    scalars to `<run-dir>/tensorboard/`.
     """
-    cfg = config.validate()
+    if datasets is not None and (tasks is not None or data is not None):
+        raise ConfigError("give datasets=(splits, spec) or tasks= and data=, not both")
+    cfg = with_tasks(config, tasks, data).validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = select_device(cfg.device)
@@ -212,13 +262,15 @@ def open_context(
     path = Path(run_dir) if run_dir is not None else broadcast_object(default, dist)
     run = _open_folder(cfg, path, resume, dist)
     try:
-        splits, spec = datasets if datasets is not None else build_data(cfg)
+        splits, spec = datasets if datasets is not None else build_data(cfg, tasks, data)
     except BaseException:
         run.abandon()
         raise
     if datasets is None:
         d = cfg.data
-        where = "generated" if d.dataset == "procedural" else d.root or "the data cache"
+        where = {"procedural": "generated", CUSTOM: "given through the API"}.get(
+            d.dataset, d.root or "the data cache"
+        )
         sizes = ", ".join(f"{len(splits[s])} {s}" for s in ("train", "val", "test"))
         log.info("data: %s (%s), tasks %s; %s", d.dataset, where, list(d.tasks), sizes)
     return Context(

@@ -10,7 +10,7 @@ import torch
 from tqdm import tqdm
 
 from efficientdl.adashare.objectives.metrics import delta_t
-from efficientdl.adashare.objectives.tasks import TaskSpec, make_meter, task_loss
+from efficientdl.adashare.objectives.tasks import TaskMeter, TaskSpec
 from efficientdl.adashare.phases.ddp import to_device
 from efficientdl.core.distributed import broadcast_object
 from efficientdl.data.multitask import batches
@@ -31,15 +31,10 @@ def evaluate(
 ) -> dict:
     """Metrics {task: {metric: value}} of `forward(images, batch_index)` over `dataset`.
 
-    Every metric is aggregated per image or pooled over pixels, so the result does not depend on
-    `batch_size`; the mean task losses are added as `loss`.
+    Every built-in metric is aggregated per image or pooled over pixels, so the result does not
+    depend on `batch_size`; the mean task losses are added as `loss`.
     """
-    meters = {
-        t: make_meter(
-            spec.kinds[t], spec.channels[t], spec.class_weights.get(t), upsample, spec.preset
-        )
-        for t in spec.tasks
-    }
+    meters = {t.name: TaskMeter(t, upsample) for t in spec.definitions}
     loss_sums = dict.fromkeys(spec.tasks, 0.0)
     n = 0
     total = math.ceil(len(dataset) / batch_size)
@@ -50,11 +45,10 @@ def evaluate(
     ):
         batch = to_device(batch, device, channels_last)
         outputs = forward(batch["image"], b)
-        for t in spec.tasks:
-            pred = outputs[t].float()
+        for task in spec.definitions:
+            t, pred = task.name, outputs[task.name].float()
             meters[t].update(pred, batch[t], batch.get(f"{t}_mask"))
-            loss = task_loss(spec.kinds[t], pred, batch, t, spec)
-            loss_sums[t] += float(loss) * len(batch["image"])
+            loss_sums[t] += float(task.batch_loss(pred, batch)) * len(batch["image"])
         n += len(batch["image"])
     results = {}
     for t in spec.tasks:

@@ -26,6 +26,7 @@ from efficientdl.adashare.phases.ddp import shard, synchronise, to_device
 from efficientdl.adashare.phases.evaluation import selection_score, validate
 from efficientdl.adashare.phases.reference import reference
 from efficientdl.adashare.phases.training import check_finite
+from efficientdl.adashare.reporting.convergence import plot_select_histogram, select_histogram
 from efficientdl.core import (
     ConfigError,
     RunFolderError,
@@ -38,6 +39,7 @@ from efficientdl.core.log import get_logger
 from efficientdl.core.runtime import derive_seed
 
 LATEST, BEST, LOGITS_HISTORY = "latest.pt", "best.pt", "logits_history.json"
+SELECT_HISTOGRAM = "select_probs.png"
 EVAL_SEED = 4242
 log = get_logger("adashare")
 
@@ -186,6 +188,7 @@ class Search:
         loss, _ = weighted_loss(outputs, batch, ctx.spec)
         value = check_finite(loss, f"search ({phase})", st["it"] + 1, ctx.dist, ctx.guard)
         if not weight:
+            st["last_policy_tau"] = st["tau"]
             if reinforce:
                 base = st["reinforce_baseline"]
                 base = value if base is None else base
@@ -303,7 +306,7 @@ class Search:
                 self._validate(value)
                 st["phase"], st["phase_iter"] = "policy", 0
             elif boundary:
-                st["tau"] = max(st["tau"] * t.tau_decay, t.tau_min)
+                st["tau"] = max(st["tau"] * t.cycle_decay(), t.tau_min)
                 st["cycle"] += 1
                 st["phase"], st["phase_iter"] = "weight", 0
             if boundary or st["it"] % t.ckpt_every == 0 or st["it"] == t.total_iters:
@@ -345,13 +348,23 @@ def search(ctx) -> dict:
         )
     folder.mkdir(parents=True, exist_ok=True)
     state = Search(ctx, model, folder, ref).run()
+    histogram = select_histogram(model.execution_probs())
     done = {
         "iters": state["it"],
         "cycles": state["cycle"],
         "tau": state["tau"],
+        "last_policy_tau": state.get("last_policy_tau"),
         "best_score": state["best_score"],
         "has_best": (folder / BEST).is_file(),
+        "select_histogram": histogram,
     }
+    log.info(
+        "search: %d cycles, last policy phase at tau %s; %.0f%% of the select probabilities "
+        "within 0.1 of 0 or 1 (histogram %s, %s)",
+        state["cycle"], state.get("last_policy_tau"), 100 * histogram["decided_fraction"],
+        histogram["counts"], folder / SELECT_HISTOGRAM,
+    )  # fmt: skip
+    ctx.on_main(plot_select_histogram, histogram, folder / SELECT_HISTOGRAM)
     ctx.on_main(write_json, folder / "done.json", done)
     return done
 

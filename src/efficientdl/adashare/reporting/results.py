@@ -115,6 +115,7 @@ def write_report(ctx, runs: dict, table: dict) -> None:
         "AdaShare = the re-trained sample with the best validation Δ_T.",
         "",
         markdown_table(table, ctx.spec.higher_is_better),
+        *metric_notes(ctx.spec.higher_is_better),
         *delta_lines(runs, table, ctx.spec.higher_is_better),
     ]
     ada = runs.get("adashare")
@@ -130,6 +131,19 @@ def write_report(ctx, runs: dict, table: dict) -> None:
             "",
         ]
     (ctx.run_dir / "report.md").write_text("\n".join(lines))
+
+
+def metric_notes(higher_is_better: dict) -> list[str]:
+    """Report sentences naming the conventions of the table's metrics (normal angles)."""
+    if not any(m.startswith("official_") for ms in higher_is_better.values() for m in ms):
+        return []
+    return [
+        "Normal metrics `official_*` are the angles as the official code measures them (between "
+        "the raw 8-bit encodings (n + 1)/2 of the normals; the paper's numbers, and what Δ_T "
+        "counts); the same names without the prefix, in results.json and results.csv, are the "
+        "true angles between the unit normals.",
+        "",
+    ]
 
 
 def delta_lines(runs: dict, table: dict, higher_is_better: dict) -> list[str]:
