@@ -1,6 +1,7 @@
 # Two entry points, both working in a fresh clone with only Python 3.11 and pip:
 #   make demo   - set up .venv, fetch MNIST, run the TSSL-BP, KE and AdaShare demos, one report
-#   make test   - set up .venv with [dev,tensorboard], run ruff and pytest (the wheel test too)
+#   make test   - set up .venv with [dev,tensorboard,triton,nir-simulators], run ruff and pytest
+#                 (the wheel test, the Triton interpreter tests and the snnTorch / Norse checks too)
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV ?= .venv
@@ -15,11 +16,11 @@ $(BIN)/python:
 
 setup: $(BIN)/python
 	$(BIN)/pip install "$(TORCH)"
-	$(BIN)/pip install -e .
+	$(BIN)/pip install "$(TORCH)" -e .
 
 setup-dev: $(BIN)/python
 	$(BIN)/pip install "$(TORCH)"
-	$(BIN)/pip install -e ".[dev,tensorboard]"
+	$(BIN)/pip install "$(TORCH)" -e ".[dev,tensorboard,triton,nir-simulators]"
 
 DEMO_PARTS := $(RUN_DIR)/snn $(RUN_DIR)/ke $(RUN_DIR)/adashare
 

@@ -1,10 +1,14 @@
-"""The fused backend against the torch reference: forward bit-equal, backward ≤ 1e-6."""
+"""The fused backend against the torch reference: forward bit-equal, backward ≤ 1e-6; the C
+kernel helpers called directly (any layout read correctly, bad inputs refused)."""
+
+import os
 
 import pytest
 import torch
 
-from efficientdl.snn import fused
-from efficientdl.snn.functional import lif_states, resolve_backend, tsslbp
+from efficientdl.core.errors import UserError
+from efficientdl.snn import cpu_kernels, fused
+from efficientdl.snn.functional import lif_states, resolve_backend, tsslbp, tsslbp_backward
 from efficientdl.snn.networks import build
 from efficientdl.snn.options import NeuronOptions
 
@@ -90,44 +94,91 @@ def test_whole_network_gradients_agree():
 def test_auto_falls_back_without_error_and_fused_reports_why(monkeypatch):
     x = torch.rand(3, 4)
     assert resolve_backend("auto", x) == "fused"  # the C kernels build on every CI machine
-    monkeypatch.setattr(fused, "available", lambda device_type: (False, "no C compiler"))
+    if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):  # CPU tensors: triton refused
+        with pytest.raises((ValueError, RuntimeError), match="CUDA"):
+            resolve_backend("triton", x)
+    monkeypatch.setattr(fused, "available", lambda *args, **kwargs: (False, "no C compiler"))
     assert resolve_backend("auto", x) == "torch"
     out = tsslbp(x, **P)  # auto: no error
     assert torch.equal(out, lif_states(x, **P).trace)
     with pytest.raises(RuntimeError, match="no C compiler"):
         tsslbp(x, **P, backend="fused")
-    with pytest.raises(ValueError, match="needs a CUDA tensor"):
-        resolve_backend("triton", x)
 
 
-@pytest.mark.parametrize("options", [{}, {"intra_neuron": False, "warmup_surrogate": False}])
-def test_gpu_recurrences_match_reference_on_cpu(options):
-    """The functions torch.compile turns into Triton kernels on CUDA, run eagerly on the CPU."""
-    current, grad = _inputs((6, 50), torch.float64, seed=3)
-    full = {
-        "warmup_trace": None,
-        "surrogate_width": 0.2,
-        "surrogate_clip": 8.0,
-        "max_inv_du": 8.0,
-        "warmup_surrogate": True,
-        "intra_neuron": True,
-        **options,
+def _layouts(x):
+    """`x` [T, N, C, H, W] in three non-contiguous layouts with the same values."""
+    T, N = x.shape[:2]
+    return {
+        "channels_last": x.reshape(T * N, *x.shape[2:])
+        .contiguous(memory_format=torch.channels_last)
+        .reshape(x.shape),
+        "transposed": x.transpose(3, 4).contiguous().transpose(3, 4),
+        "strided": torch.stack([x, -x], dim=-1)[..., 0],
     }
-    c = NeuronOptions(**P, **full).constants()
-    one = torch.ones((), dtype=torch.float64)
-    trace, membrane = fused.forward_recurrence(current, one * c["r_m"], one * c["r_s"], one * 1.0)
-    ref_out, ref_grad = _run(current, grad, "torch", **options)
-    assert torch.equal(trace, ref_out)
-    got = fused.backward_recurrence(
-        grad, membrane, c, full["warmup_surrogate"], full["intra_neuron"]
-    )
-    torch.testing.assert_close(got, ref_grad, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_kernel_helpers_read_any_layout(dtype):
+    """Called directly (not through tsslbp), the C helpers read strided inputs correctly."""
+    current, grad = _inputs((6, 3, 8, 5, 5), dtype, seed=4)
+    opts = NeuronOptions(**P)
+    c = opts.constants()
+    ref = lif_states(current, opts)
+    ref_grad = tsslbp_backward(grad, ref.membrane, opts)
+    grads = _layouts(grad)
+    for name, x in _layouts(current).items():
+        assert not x.is_contiguous() and torch.equal(x, current), name
+        trace, membrane = cpu_kernels.forward(x, c["r_m"], c["r_s"], c["th"])
+        assert trace.shape == current.shape and trace.is_contiguous(), name
+        assert torch.equal(trace, ref.trace) and torch.equal(membrane, ref.membrane), name
+        for grad_name, g in grads.items():
+            out = cpu_kernels.backward(g, _layouts(membrane)[name], c, True, True)
+            torch.testing.assert_close(out, ref_grad, **TOL[dtype], msg=f"{name}/{grad_name}")
+
+
+def _bad_cpu_calls():
+    x = torch.rand(4, 6)
+    c = NeuronOptions().constants()
+    forward = lambda t: cpu_kernels.forward(t, 0.2, 0.3, 1.0)
+    return {
+        "float16": (lambda: forward(x.half()), "float16"),
+        "bfloat16": (lambda: forward(x.bfloat16()), "bfloat16"),
+        "int32": (lambda: forward(x.int()), "int32"),
+        "device": (lambda: forward(torch.empty(4, 6, device="meta")), "device meta"),
+        "scalar": (lambda: forward(torch.tensor(1.0)), "T >= 1"),
+        "no_steps": (lambda: forward(x[:0]), "T >= 1"),
+        "not_a_tensor": (lambda: forward([[1.0]]), "list"),
+        "grad_shape": (lambda: cpu_kernels.backward(x[:, :5], x, c, True, True), "[4, 6]"),
+        "grad_dtype": (lambda: cpu_kernels.backward(x.double(), x, c, True, True), "float64"),
+    }
+
+
+@pytest.mark.parametrize("name", list(_bad_cpu_calls()))
+def test_cpu_kernel_helpers_refuse_bad_inputs(name):
+    call, word = _bad_cpu_calls()[name]
+    with pytest.raises(fused.KernelInputError) as err:
+        call()
+    assert word in str(err.value) and "\n" not in str(err.value)
+    assert isinstance(err.value, UserError) and isinstance(err.value, ValueError)
 
 
 def test_triton_modules_build_on_the_cpu_and_fail_only_when_run_there():
     """Modules are built on the CPU and moved to CUDA later: construction checks the name only."""
     net = build("mnist_cnn", backend="triton")
-    with pytest.raises(ValueError, match="needs a CUDA tensor"):
+    with pytest.raises((ValueError, RuntimeError), match="CUDA"):
         net(torch.rand(2, 1, 28, 28))
     with pytest.raises(ValueError, match="backend must be one of"):
         build("mnist_cnn", backend="cuda")
+
+
+def test_cpu_kernel_helpers_take_one_neuron_and_no_neurons():
+    c = NeuronOptions(**P).constants()
+    x = torch.tensor([0.6, 0.7, 0.1, 1.5])  # [T]: one neuron, spikes at t = 1 and 3
+    trace, membrane = cpu_kernels.forward(x, c["r_m"], c["r_s"], c["th"])
+    ref = lif_states(x, **P)
+    assert ref.spikes.tolist() == [False, True, False, True]
+    assert torch.equal(trace, ref.trace) and torch.equal(membrane, ref.membrane)
+    empty = torch.rand(3, 0, 4)
+    trace, membrane = cpu_kernels.forward(empty, c["r_m"], c["r_s"], c["th"])
+    assert trace.shape == membrane.shape == empty.shape
+    assert cpu_kernels.backward(trace, membrane, c, True, True).shape == empty.shape

@@ -37,6 +37,36 @@ def test_sum_pool_is_4_4_times_avg_pool():
         SumPool2d(2)(torch.rand(1, 1, 1, 5, 4))
 
 
+@pytest.mark.parametrize("k", [2, 3])
+def test_sum_pool_gradient_spreads_scale_times_the_output_gradient(k):
+    x = torch.rand(2, 3, 4, 6, 12, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 3, 4, 6 // k, 12 // k, dtype=torch.float64)
+    SumPool2d(k, scale=1.1)(x).backward(g)
+    # each input element is in exactly one window: its gradient is 1.1 × that window's gradient
+    expected = (1.1 * g).repeat_interleave(k, dim=3).repeat_interleave(k, dim=4)
+    assert torch.equal(x.grad, expected)
+
+
+def test_spiking_cnns_save_at_most_1_2x_the_activations_of_their_ann_floor():
+    """The pooling saves nothing, so a spiking layer's output trace is kept by no one: the step
+    saves the membrane u per layer where the ReLU network keeps its activations."""
+    from efficientdl.core.benchmark import saved_mib
+    from efficientdl.snn.bench import FloorNet
+    from efficientdl.snn.config import recipe
+    from efficientdl.snn.networks import build
+    from efficientdl.snn.train import compute_loss
+
+    torch.manual_seed(0)
+    r = recipe("mnist_cnn")
+    net = build("mnist_cnn", backend="torch")
+    floor = FloorNet(build("mnist_cnn"))
+    x, y = torch.randn(20, 1, 28, 28), torch.randint(0, 10, (20,))
+    x_floor = x.unsqueeze(0).expand(r.T, *x.shape).reshape(r.T * 20, 1, 28, 28)
+    ours = saved_mib(lambda: compute_loss(net(x), y, r))
+    ann = saved_mib(lambda: compute_loss(floor(x_floor).reshape(r.T, 20, 10), y, r))
+    assert ours <= 1.2 * ann, (ours, ann)
+
+
 def test_linear_flattens_channels_then_rows_then_columns():
     layer = SpikingLinear(
         2 * 3 * 4, 1, threshold=1e9

@@ -11,6 +11,7 @@ from efficientdl.snn.layers import (
 )
 from efficientdl.snn.losses import count_loss, kernel_loss, kernel_target, predict
 from efficientdl.snn.network import SpikingNetwork
+from efficientdl.snn.nir_io import export_nir, import_nir
 from efficientdl.snn.options import NetworkOptions, NeuronOptions
 
 __all__ = [
@@ -24,6 +25,8 @@ __all__ = [
     "SumPool2d",
     "TSSLBPNeuron",
     "count_loss",
+    "export_nir",
+    "import_nir",
     "kernel_loss",
     "kernel_target",
     "lif_states",

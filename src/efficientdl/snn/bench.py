@@ -1,7 +1,8 @@
 """TSSL-BP training-step speed vs the ANN floor, measured side by side in one run.
 
 For each paper network: one full step (forward, kernel/count loss, backward, clip, AdamW, clamp) of
-our network with the fused backend, the same with the torch reference backend, and the "floor":
+our network with the fused backend (the C kernels on the CPU, the Triton kernels on CUDA; the JSON
+records which as `fused_kernels`), the same with the torch reference backend, and the "floor":
 the same conv/linear/pool/dropout layers with ReLU instead of the neuron and T folded into the batch
 (B·T images), same loss, clip, AdamW and clamp. Also the neuron alone (forward + backward).
 The variants of a row are timed in alternating order in one process
@@ -30,7 +31,8 @@ from efficientdl.core import registry
 from efficientdl.core.benchmark import saved_mib, time_variants
 from efficientdl.core.config import add_config_args, config_from_args, refuse_unread
 from efficientdl.core.errors import ConfigError
-from efficientdl.snn import SpikingConv2d, SpikingDropout, SpikingLinear, SumPool2d, tsslbp
+from efficientdl.core.runtime import select_device
+from efficientdl.snn import SpikingConv2d, SpikingDropout, SpikingLinear, SumPool2d, fused, tsslbp
 from efficientdl.snn.config import TSSLBPRecipe, recipe
 from efficientdl.snn.networks import build, list_models
 from efficientdl.snn.train import compute_loss, make_optimizer, train_step
@@ -174,7 +176,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_args(
         parser, method="snn", example="fmnist_cnn (times that recipe's network)", required=False
     )
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--nets",
@@ -196,7 +198,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> dict:
     """Run the benchmark for parsed `args`; print the table, write and return the JSON."""
-    device = torch.device(args.device)
+    device = select_device(args.device)  # ConfigError for an unknown or absent device
     torch.set_num_threads(args.threads)
     r = None
     if args.config is not None:
@@ -216,9 +218,10 @@ def run(args) -> dict:
     neuron_rows = [
         bench_neuron(device, T, neurons, args.warmup, args.iters) for T in (4, 8, 16, 32)
     ]
+    kernels = fused.implementation(device.type)
     print(
         f"\ndevice {device} ({platform.processor() or platform.machine()}), "
-        f"threads {torch.get_num_threads()}, torch {torch.__version__}"
+        f"threads {torch.get_num_threads()}, torch {torch.__version__}, fused = {kernels} kernels"
     )
     print(
         f"{'network':14s} {'fused ms':>9s} {'torch ms':>9s} {'floor ms':>9s} "
@@ -241,6 +244,7 @@ def run(args) -> dict:
         "device": str(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "fused_kernels": kernels,
         "networks": rows,
         "neuron": neuron_rows,
     }

@@ -1,4 +1,4 @@
-"""`efficientdl snn train|evaluate|stats|bench`."""
+"""`efficientdl snn train|evaluate|stats|bench|export`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 from efficientdl.core.config import add_config_args, config_from_args
 from efficientdl.core.distributed import is_main_process
-from efficientdl.core.errors import ConfigError
+from efficientdl.core.errors import ConfigError, UserError
 from efficientdl.core.run import add_train_command
 
 DATA_KEYS = ("dataset", "data_root", "data_options", "normalize")
@@ -77,6 +77,28 @@ def register(sub) -> None:
     from efficientdl.snn.bench import add_arguments
 
     add_arguments(bench)
+    export = actions.add_parser(
+        "export",
+        help="write a run's network as a NIR graph (for snnTorch, Norse, neuromorphic chips)",
+        description="Write the trained network of --run-dir as a NIR file (docs/nir.md): "
+        "Conv2d/Linear + CubaLIF nodes integrated with time step --dt by forward Euler.",
+    )
+    export.add_argument("--run-dir", required=True, help="run folder holding checkpoint.pt")
+    export.add_argument("--out", required=True, help="the .nir file to write")
+    export.add_argument(
+        "--dt",
+        type=float,
+        default=1.0,
+        help="time step the graph's time constants assume (default 1; snnTorch's importer "
+        "assumes 1e-4)",
+    )
+    export.add_argument(
+        "--fold-pool-scale",
+        action="store_true",
+        help="put the sum pooling's scale into the next neuron's w_in instead of a Scale node "
+        "(snnTorch and Norse read no Scale node)",
+    )
+    export.set_defaults(func=_export)
 
 
 def _train(args) -> int:
@@ -196,4 +218,28 @@ def _bench(args) -> int:
     from efficientdl.snn.bench import run
 
     run(args)
+    return 0
+
+
+def _export(args) -> int:
+    from pathlib import Path
+
+    from efficientdl.core import from_dict, load_checkpoint
+    from efficientdl.core.registry import get
+    from efficientdl.snn.config import TSSLBPRecipe
+    from efficientdl.snn.nir_io import export_nir, require_nir
+    from efficientdl.snn.train import CHECKPOINT, build_network
+
+    nir = require_nir()
+    state = load_checkpoint(Path(args.run_dir) / CHECKPOINT)
+    recipe = from_dict(TSSLBPRecipe, state["recipe"]).validate()
+    net = build_network(recipe)
+    net.load_state_dict(state["model"])
+    shape = get("snn", recipe.model).input_shape
+    graph = export_nir(net, shape, dt=args.dt, fold_pool_scale=args.fold_pool_scale)
+    try:
+        nir.write(args.out, graph)
+    except OSError as err:
+        raise UserError(f"cannot write --out {args.out}: {err.strerror or err}") from None
+    print(json.dumps({"model": recipe.model, "out": str(args.out), "nodes": len(graph.nodes)}))
     return 0

@@ -14,7 +14,7 @@ from efficientdl.core.config import load_config
 from efficientdl.core.errors import ConfigError
 from efficientdl.core.recipes import resolve_recipe
 from efficientdl.snn.networks import BUILD_KEYS, list_models
-from efficientdl.snn.options import BACKENDS, NETWORK, NEURON, NeuronOptions
+from efficientdl.snn.options import BACKENDS, CONV_INITS, NETWORK, NEURON, NeuronOptions
 
 
 @dataclass
@@ -29,6 +29,8 @@ class TSSLBPRecipe:
     tau_s: float = NEURON.tau_s
     threshold: float = NEURON.threshold
     backend: str = NEURON.backend
+    algorithm: str = NEURON.algorithm
+    conv_init: str = NETWORK.conv_init
     fold_static_input: bool = NETWORK.fold_static_input
     dropout: float = NETWORK.dropout
     dropout_mask: str = NETWORK.dropout_mask
@@ -80,6 +82,10 @@ class TSSLBPRecipe:
             raise ConfigError(f"loss: expected 'kernel' or 'count', got {self.loss!r}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend: expected one of {list(BACKENDS)}, got {self.backend!r}")
+        if self.conv_init not in CONV_INITS:
+            raise ConfigError(
+                f"conv_init: expected one of {list(CONV_INITS)}, got {self.conv_init!r}"
+            )
         if self.dropout_mask not in ("neuron", "row"):
             raise ConfigError(
                 f"dropout_mask: expected 'neuron' or 'row', got {self.dropout_mask!r}"

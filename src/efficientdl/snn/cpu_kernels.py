@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from efficientdl.snn import fused
+
 _EXP_NEG = string.Template(r"""
 static inline $real exp_neg_$suffix($real x) {
     x = x < $lowest ? $lowest : x;
@@ -220,12 +222,21 @@ def library() -> ctypes.CDLL:
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 
+def dtype_parameters(dtype: torch.dtype) -> dict:
+    """The exp's degree, range, ln2 split and float layout the kernels use for `dtype`
+    (float32 or float64), as written into SOURCE."""
+    return _DTYPES[_SUFFIX[dtype]]
+
+
 def forward(current: torch.Tensor, r_m: float, r_s: float, th: float):
-    """Fused LIF forward on a contiguous [T, M] CPU tensor → (trace, membrane)."""
-    T, M = current.shape
-    trace, membrane = torch.empty_like(current), torch.empty_like(current)
-    getattr(library(), f"tsslbp_forward_{_SUFFIX[current.dtype]}")(
-        current.data_ptr(),
+    """Fused LIF forward of a CPU tensor `current` [T, ...] (float32/float64; any strides: read
+    as a contiguous copy) → (trace a, pre-reset membrane u), contiguous in the input's shape.
+    A KernelInputError names a wrong device, dtype or shape."""
+    x = fused.time_major("current", current, ("cpu",))
+    T, M = x.shape
+    trace, membrane = torch.empty_like(x), torch.empty_like(x)
+    getattr(library(), f"tsslbp_forward_{_SUFFIX[x.dtype]}")(
+        x.data_ptr(),
         trace.data_ptr(),
         membrane.data_ptr(),
         T,
@@ -235,17 +246,20 @@ def forward(current: torch.Tensor, r_m: float, r_s: float, th: float):
         th,
         torch.get_num_threads(),
     )
-    return trace, membrane
+    return trace.reshape(current.shape), membrane.reshape(current.shape)
 
 
 def backward(grad: torch.Tensor, membrane: torch.Tensor, c: dict, warmup: bool, intra: bool):
-    """Fused TSSL-BP backward (B1-B4 of `functional.tsslbp_backward`) on contiguous [T, M] CPU
-    tensors → ∂L/∂I (`c` as `NeuronOptions.constants()`)."""
-    T, M = membrane.shape
-    out = torch.empty_like(membrane)
-    getattr(library(), f"tsslbp_backward_{_SUFFIX[membrane.dtype]}")(
-        grad.data_ptr(),
-        membrane.data_ptr(),
+    """Fused TSSL-BP backward (B1-B4 of `functional.tsslbp_backward`) → ∂L/∂I, contiguous in the
+    shape of `membrane` [T, ...] (the saved pre-reset u, a float32/float64 CPU tensor; `grad`
+    ∂L/∂a of the same shape and dtype, any strides; `c` as `NeuronOptions.constants()`)."""
+    u = fused.time_major("membrane", membrane, ("cpu",))
+    g = fused.time_major("grad", grad, ("cpu",), like=u)
+    T, M = u.shape
+    out = torch.empty_like(u)
+    getattr(library(), f"tsslbp_backward_{_SUFFIX[u.dtype]}")(
+        g.data_ptr(),
+        u.data_ptr(),
         out.data_ptr(),
         T,
         M,
@@ -262,4 +276,4 @@ def backward(grad: torch.Tensor, membrane: torch.Tensor, c: dict, warmup: bool, 
         int(intra),
         torch.get_num_threads(),
     )
-    return out
+    return out.reshape(membrane.shape)

@@ -16,7 +16,9 @@ from typing import NamedTuple
 
 import torch
 
-from efficientdl.snn.options import BACKENDS, NeuronOptions, check_backend
+from efficientdl.core.errors import ConfigError
+from efficientdl.core.log import get_logger
+from efficientdl.snn.options import ALGORITHMS, BACKENDS, NeuronOptions, check_backend
 
 
 class LIFStates(NamedTuple):
@@ -158,7 +160,8 @@ def tsslbp_backward(
 
 
 class _TSSLBP(torch.autograd.Function):
-    """Reference path: vectorised Python loops over T (saves u only)."""
+    """Reference path: vectorised Python loops over T (saves u only); the backward of the
+    neuron's `algorithm`."""
 
     @staticmethod
     def forward(ctx, current, options: NeuronOptions):
@@ -170,7 +173,17 @@ class _TSSLBP(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_trace):
         (membrane,) = ctx.saved_tensors
+        if ctx.options.algorithm == "paper2020":
+            return _paper2020_backward(grad_trace, membrane, ctx.options), None
         return tsslbp_backward(grad_trace, membrane, ctx.options), None
+
+
+def _paper2020_backward(grad_trace, membrane, options: NeuronOptions) -> torch.Tensor:
+    from efficientdl.snn import paper2020
+
+    c = options.constants()
+    r_m, r_s, lam_s, th = (_const(c[k], membrane) for k in ("r_m", "r_s", "lam_s", "th"))
+    return paper2020.backward(grad_trace.to(membrane.dtype), membrane, r_m, r_s, lam_s, th)
 
 
 class _TSSLBPFused(torch.autograd.Function):
@@ -178,76 +191,102 @@ class _TSSLBPFused(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, current, options: NeuronOptions):
-        from efficientdl.snn import cpu_kernels, fused
+        from efficientdl.snn import fused
 
         shape, dtype = current.shape, current.dtype
         work = current.to(torch.float64 if dtype == torch.float64 else torch.float32)
         work = work.reshape(shape[0], -1).contiguous()
         c = options.constants()
-        if work.is_cuda:
-            one = torch.ones((), dtype=work.dtype, device=work.device)
-            trace, membrane = fused.kernels()[0](
-                work, one * c["r_m"], one * c["r_s"], one * c["th"]
-            )
-        else:
-            trace, membrane = cpu_kernels.forward(work, c["r_m"], c["r_s"], c["th"])
-        ctx.constants, ctx.options, ctx.shape = c, options, shape
+        forward = fused.kernels(work.device.type, options.backend)[0]
+        trace, membrane = forward(work, c["r_m"], c["r_s"], c["th"])
+        ctx.options, ctx.shape = options, shape
         ctx.save_for_backward(membrane)
         return trace.reshape(shape).to(dtype)
 
     @staticmethod
     def backward(ctx, grad_trace):
-        from efficientdl.snn import cpu_kernels, fused
+        from efficientdl.snn import fused
 
         (membrane,) = ctx.saved_tensors
         grad = grad_trace.to(membrane.dtype).reshape(membrane.shape).contiguous()
-        c, options = ctx.constants, ctx.options
-        warmup, intra = options.warmup_surrogate, options.intra_neuron
-        if membrane.is_cuda:
-            out = fused.kernels()[1](grad, membrane, c, warmup, intra)
-        else:
-            out = cpu_kernels.backward(grad, membrane, c, warmup, intra)
+        out = fused.backward(grad, membrane, ctx.options)
         return out.reshape(ctx.shape).to(grad_trace.dtype), None
 
 
-def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
-    """The path that will run, 'torch' or 'fused'.
+_FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
-    'fused' = compiled kernels (C/OpenMP on CPU, torch.compile → Triton on CUDA); 'triton' = the
-    fused path on a CUDA tensor; 'auto' = fused when its kernels build on this device, else the
-    torch reference (no error).
+_log = get_logger("snn")
+_LOGGED: set = set()
+
+
+def _log_once(key, message: str, *args) -> None:
+    """Log `message` at INFO the first time this process sees `key`."""
+    if key not in _LOGGED:
+        _LOGGED.add(key)
+        _log.info(message, *args)
+
+
+def _fallback(backend: str, device: str, why: str) -> str:
+    """'auto' runs the reference because of `why` (logged once per process and reason); an
+    explicit fused/triton request is a ConfigError saying `why`."""
+    if backend != "auto":
+        raise ConfigError(f"backend={backend!r} on {device}: {why}")
+    _log_once(
+        ("fallback", device, why), "backend: auto runs the torch reference on %s: %s", device, why
+    )
+    return "torch"
+
+
+def resolve_backend(backend: str, tensor: torch.Tensor, *, algorithm: str = "tsslbp") -> str:
+    """The path that will run the neuron's `algorithm` on `tensor`, 'torch' or 'fused'.
+
+    'fused' = the fused kernels (C/OpenMP on CPU tensors, Triton on CUDA tensors); 'triton' = the
+    Triton kernels (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1, see `snn.fused`);
+    'auto' = fused when its kernels build on this device, run the
+    algorithm and take the dtype, else the torch reference. Every choice of 'auto' is logged
+    once per process (with why, when it is the reference); a fused/triton request that cannot be
+    met is an error (ConfigError, or BackendUnavailableError when the kernels cannot run here).
     """
     from efficientdl.snn import fused
 
     check_backend(backend)
     if backend == "torch":
         return "torch"
-    if backend == "triton" and tensor.device.type != "cuda":
-        raise ValueError(f"backend='triton' needs a CUDA tensor, got device {tensor.device}")
-    ok, why = fused.available(tensor.device.type)
-    if ok:
-        return "fused"
+    device = tensor.device.type
+    if tensor.dtype not in _FUSED_DTYPES:
+        return _fallback(backend, device, f"the fused kernels take no {tensor.dtype}")
+    ok, why = fused.available(device, backend, algorithm)
+    if not ok:
+        if backend == "auto":
+            return _fallback(backend, device, f"the fused kernels are unavailable: {why}")
+        raise fused.BackendUnavailableError(
+            f"backend={backend!r} is not available on {device}: {why}"
+        )
     if backend == "auto":
-        return "torch"
-    raise RuntimeError(f"backend={backend!r} is not available on {tensor.device.type}: {why}")
+        _log_once(("fused", device), "backend: auto runs the fused kernels on %s", device)
+    return "fused"
 
 
-_FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+def run_neuron(current: torch.Tensor, options: NeuronOptions) -> tuple[torch.Tensor, str]:
+    """(output trace, the path that ran it: 'torch' or 'fused') of the LIF layer `options`."""
+    _check_input(current)
+    path = resolve_backend(options.backend, current, algorithm=options.algorithm)
+    if path == "fused":
+        return _TSSLBPFused.apply(current, options), path
+    return _TSSLBP.apply(current, options), path
 
 
 def tsslbp(current: torch.Tensor, options: NeuronOptions | None = None, /, **overrides):
     """LIF layer: current [T, N, ...] → output PSP trace, differentiable with TSSL-BP, for the
     neuron `options` (default `NeuronOptions()`) with the keyword `overrides`, e.g.
-    `tsslbp(x, tau_m=5.0, tau_s=3.0, threshold=1.0, backend="torch")`."""
+    `tsslbp(x, tau_m=5.0, tau_s=3.0, threshold=1.0, backend="torch")` or, for the backward of
+    the October 2020 code, `tsslbp(x, tau_m=5.0, tau_s=2.0, algorithm="paper2020")`."""
     _check_input(current)
-    opts = neuron_options(options, **overrides)
-    path = resolve_backend(opts.backend, current)
-    if path == "fused" and current.dtype in _FUSED_DTYPES:
-        return _TSSLBPFused.apply(current, opts)
-    return _TSSLBP.apply(current, opts)
+    return run_neuron(current, neuron_options(options, **overrides))[0]
 
 
 __all__ = [
+    "ALGORITHMS",
     "BACKENDS",
     "LIFStates",
     "NeuronOptions",
@@ -257,6 +296,7 @@ __all__ = [
     "neuron_options",
     "psp",
     "resolve_backend",
+    "run_neuron",
     "static_encoding_factors",
     "tsslbp",
     "tsslbp_backward",

@@ -1,9 +1,16 @@
-"""Fused TSSL-BP kernels for CUDA: the recurrences over T written once in PyTorch and compiled by
-`torch.compile` (Inductor → Triton) into one kernel for the forward and one for the backward.
-The same functions compile to C++ on the CPU, which is how CI checks them against the reference;
-the CPU 'fused' path itself uses `cpu_kernels` (one build for every T).
+"""The fused TSSL-BP kernels behind backend='fused' and 'triton': which implementation runs on
+which tensors, whether it can run there (and why not), and the checks of their inputs.
 
-`available(device_type)` probes once whether the fused path can run on a device type.
+- 'fused' on CPU tensors: the C/OpenMP kernels of `cpu_kernels`;
+- 'fused' and 'triton' on CUDA tensors: the Triton kernels of `triton_kernels`;
+- 'triton' on CPU tensors: the same Triton kernels in the Triton interpreter, only when
+  TRITON_INTERPRET=1 is set (how CI checks them without a GPU).
+
+The Triton kernels have both backwards (`algorithm` 'tsslbp' and 'paper2020'), the C kernels
+'tsslbp' only.
+
+Every implementation computes the canonical arithmetic of the torch reference (`functional`):
+forward bit-equal, backward equal up to rounding.
 """
 
 from __future__ import annotations
@@ -12,77 +19,135 @@ import functools
 
 import torch
 
+from efficientdl.core.errors import UserError
+from efficientdl.snn.options import NeuronOptions
 
-def forward_recurrence(current, r_m, r_s, th):
-    """LIF forward on [T, M]: returns trace a and pre-reset membrane u (unrolled over T)."""
-    v = torch.zeros_like(current[0])
-    a = torch.zeros_like(current[0])
-    traces, membranes = [], []
-    for t in range(current.shape[0]):
-        du = current[t] - r_m * v
-        u = v + du
-        s = (u > th).to(current.dtype)
-        v = u * (1 - s)
-        a = a + (s - a) * r_s
-        traces.append(a)
-        membranes.append(u)
-    return torch.stack(traces), torch.stack(membranes)
+DTYPES = (torch.float32, torch.float64)
+"""The dtypes the kernels compute in (others are converted by the caller, `functional`)."""
+
+ALGORITHMS = {"c": ("tsslbp",), "triton": ("tsslbp", "paper2020")}
+"""The backwards (`NeuronOptions.algorithm`) each implementation has."""
 
 
-def backward_recurrence(grad_trace, membrane, c: dict, warmup_surrogate: bool, intra_neuron: bool):
-    """TSSL-BP backward (B1-B4 of `functional.tsslbp_backward`) on [T, M] from the saved
-    membrane u (unrolled over T); `c` as `NeuronOptions.constants()`."""
-    T = membrane.shape[0]
-    th = c["th"]
-    spikes = [membrane[t] > th for t in range(T)]
-    quiet = []
-    if warmup_surrogate:
-        a = torch.zeros_like(membrane[0])
-        for t in range(T):
-            a = a + (spikes[t].to(membrane.dtype) - a) * c["r_s"]
-            quiet.append(a < c["theta"])
-    G = torch.zeros_like(membrane[0])
-    h = torch.zeros_like(membrane[0])
-    out = [None] * T
-    for t in range(T - 1, -1, -1):
-        u = membrane[t]
-        v_prev = torch.where(spikes[t - 1], 0.0, membrane[t - 1]) if t > 0 else 0.0
-        inv_du = torch.where(spikes[t], u - v_prev, 1.0).reciprocal().clamp(max=c["max_inv_du"])
-        G = grad_trace[t] * c["r_s"] + c["lam_s"] * G
-        carry = G + u * c["r_m"] * h if intra_neuron else G
-        h = torch.where(spikes[t], inv_du * carry, c["lam_m"] * h)
-        if warmup_surrogate:
-            z = ((u - th) * c["inv_w"]).clamp(-c["clip"], c["clip"])
-            surrogate = torch.sigmoid(z) * torch.sigmoid(-z) * c["inv_w"]
-            out[t] = torch.where(quiet[t], surrogate * G, h)
-        else:
-            out[t] = h
-    return torch.stack(out)
+class KernelInputError(UserError, ValueError):
+    """A fused-kernel helper was called with a tensor of the wrong device, dtype or shape."""
+
+
+class BackendUnavailableError(UserError, RuntimeError):
+    """A backend cannot run here: a missing package, no CUDA, no interpreter, no compiler."""
+
+
+def one_line(err: BaseException) -> str:
+    """'ErrorType: first line of the message' (a reason that fits in one log or error line)."""
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+
+
+def time_major(
+    name: str, tensor: torch.Tensor, devices: tuple[str, ...], like: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`tensor` [T, ...] as the contiguous [T, M] view the kernels read (a copy when it is not
+    contiguous, e.g. channels-last or strided); KernelInputError unless it is a float32/float64
+    tensor with T >= 1 on one of `devices` (and, given `like` [T, M], of its shape, dtype and
+    device)."""
+    if not isinstance(tensor, torch.Tensor):
+        raise KernelInputError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.device.type not in devices:
+        raise KernelInputError(
+            f"{name}: expected a tensor on {' or '.join(devices)}, got device {tensor.device}"
+        )
+    if tensor.dtype not in DTYPES:
+        raise KernelInputError(
+            f"{name}: expected dtype float32 or float64, got {tensor.dtype} "
+            "(convert it first, as tsslbp() does)"
+        )
+    if tensor.dim() < 1 or tensor.shape[0] < 1:
+        raise KernelInputError(
+            f"{name}: expected a time-first tensor [T, ...] with T >= 1, "
+            f"got shape {tuple(tensor.shape)}"
+        )
+    view = tensor.reshape(tensor.shape[0], tensor[0].numel()).contiguous()
+    if like is not None and (view.shape, view.dtype, view.device) != (
+        like.shape,
+        like.dtype,
+        like.device,
+    ):
+        raise KernelInputError(
+            f"{name}: expected shape [T, M] = {list(like.shape)}, {like.dtype} on {like.device} "
+            f"like the membrane, got {list(view.shape)}, {view.dtype} on {view.device}"
+        )
+    return view
+
+
+def implementation(device_type: str, backend: str = "fused") -> str:
+    """Which kernels `backend` ('fused', 'triton' or 'auto') runs on `device_type`: 'c' or
+    'triton' (whether they can run there is `available`)."""
+    return "c" if device_type == "cpu" and backend != "triton" else "triton"
+
+
+def kernels(device_type: str = "cuda", backend: str = "fused"):
+    """(forward, backward) of the implementation `backend` runs on `device_type`: forward(current,
+    r_m, r_s, th) → (trace, membrane), backward(grad, membrane, c, warmup, intra) → ∂L/∂I
+    (`c` as `NeuronOptions.constants()`)."""
+    if implementation(device_type, backend) == "c":
+        from efficientdl.snn import cpu_kernels as module
+    else:
+        from efficientdl.snn import triton_kernels as module
+    return module.forward, module.backward
 
 
 @functools.cache
-def kernels():
-    """(forward, backward) compiled with torch.compile (dynamic in M, unrolled in T)."""
-    return (
-        torch.compile(forward_recurrence, dynamic=True, fullgraph=True),
-        torch.compile(backward_recurrence, dynamic=True, fullgraph=True),
-    )
-
-
-@functools.cache
-def available(device_type: str) -> tuple[bool, str]:
-    """(True, '') when the fused kernels build and run on `device_type`, else (False, reason)."""
+def _probe(device_type: str, name: str) -> tuple[bool, str]:
+    """Build and run the kernels `name` once on a small tensor of `device_type`."""
     try:
-        if device_type == "cpu":
+        if name == "c":
             from efficientdl.snn import cpu_kernels
 
             cpu_kernels.library()
-        elif device_type == "cuda":
-            probe = torch.rand(2, 4, device="cuda")
-            one = torch.ones((), device="cuda")
-            kernels()[0](probe, one * 0.2, one / 3, one)
         else:
-            return False, f"no fused kernels for device type {device_type!r}"
-    except Exception as err:  # no compiler / no triton: the caller falls back or reports
-        return False, f"{type(err).__name__}: {err}"
+            from efficientdl.snn import triton_kernels
+
+            triton_kernels.check_device(device_type)
+            probe = torch.rand(2, 4, device=device_type) * 2
+            c = NeuronOptions().constants()
+            _, membrane = triton_kernels.forward(probe, c["r_m"], c["r_s"], c["th"])
+            triton_kernels.backward(probe, membrane, c, True, True)
+    except Exception as err:  # the reason goes to the caller, which reports or logs it
+        return False, one_line(err)
     return True, ""
+
+
+def available(
+    device_type: str, backend: str = "fused", algorithm: str = "tsslbp"
+) -> tuple[bool, str]:
+    """(True, '') when the kernels of `backend` ('fused', 'triton' or 'auto') build and run the
+    neuron's `algorithm` on `device_type`, else (False, the reason in one line). Probed once per
+    device type and implementation; whether the Triton interpreter is asked for is read on every
+    call."""
+    if device_type not in ("cpu", "cuda"):
+        return False, f"no fused kernels for device type {device_type!r}"
+    name = implementation(device_type, backend)
+    if algorithm not in ALGORITHMS[name]:
+        return False, f"the {name} kernels have no algorithm={algorithm!r} backward"
+    if name == "triton" and device_type == "cpu":
+        from efficientdl.snn import triton_kernels
+
+        ok, why = triton_kernels.interpreter_status()
+        if not ok:
+            return False, why
+    return _probe(device_type, name)
+
+
+def backward(grad: torch.Tensor, membrane: torch.Tensor, options: NeuronOptions) -> torch.Tensor:
+    """∂L/∂I of the neuron `options` (its algorithm, on the kernels its backend runs on the
+    membrane's device) from ∂L/∂a and the saved pre-reset membrane u, both [T, ...]."""
+    device_type = membrane.device.type
+    name = implementation(device_type, options.backend)
+    c = options.constants()
+    if options.algorithm not in ALGORITHMS[name]:
+        raise BackendUnavailableError(available(device_type, options.backend, options.algorithm)[1])
+    if options.algorithm == "paper2020":
+        from efficientdl.snn import triton_kernels
+
+        return triton_kernels.paper2020_backward(grad, membrane, c)
+    kernel = kernels(device_type, options.backend)[1]
+    return kernel(grad, membrane, c, options.warmup_surrogate, options.intra_neuron)

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from efficientdl.snn.functional import neuron_options, psp, tsslbp
-from efficientdl.snn.options import NeuronOptions
+from efficientdl.snn.functional import neuron_options, psp, run_neuron
+from efficientdl.snn.options import CONV_INITS, NeuronOptions
 
 
 def _fold(x: torch.Tensor) -> torch.Tensor:
@@ -35,7 +35,8 @@ class TSSLBPNeuron(nn.Module):
 
     Its settings are one `NeuronOptions` (`options`, default `NeuronOptions()`) with the keyword
     `overrides`, e.g. `TSSLBPNeuron(tau_m=8.0, backend="torch")`; they are read as
-    `neuron.settings` (and `neuron.tau_m`, `.tau_s`, `.threshold`, `.backend`).
+    `neuron.settings` (and `neuron.tau_m`, `.tau_s`, `.threshold`, `.backend`); `neuron.ran` is
+    the path its last call ran on ('torch' or 'fused'; None before the first call).
     """
 
     def __init__(self, options: NeuronOptions | None = None, /, **overrides):
@@ -43,6 +44,7 @@ class TSSLBPNeuron(nn.Module):
         # modules are built on the CPU: 'triton' is checked by name here and resolved per call
         self.settings = neuron_options(options, **overrides)
         self.monitor = None  # set by efficientdl.snn.stats.FiringMonitor while active
+        self.ran: str | None = None
 
     tau_m = property(lambda self: self.settings.tau_m, doc="Membrane time constant τm.")
     tau_s = property(lambda self: self.settings.tau_s, doc="Synaptic time constant τs.")
@@ -59,7 +61,7 @@ class TSSLBPNeuron(nn.Module):
         self.settings = self.settings.with_backward(**options)
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
-        trace = tsslbp(current, self.settings)
+        trace, self.ran = run_neuron(current, self.settings)
         if self.monitor is not None:
             self.monitor.observe(self, current)
         return trace
@@ -90,7 +92,8 @@ class _SpikingSynapse(nn.Module):
 class SpikingConv2d(_SpikingSynapse):
     """Conv2d (no bias, T folded into the batch) + neuron: [T,N,Cin,H,W] → [T,N,Cout,H',W'].
 
-    Weights U(±1/√(Cin·k²)) × `weight_scale`; `neuron` / `**overrides` as `TSSLBPNeuron`.
+    Weights × `weight_scale`, drawn by `init`: 'uniform' U(±1/√(Cin·k²)) or 'kaiming_normal'
+    N(0, 2/(Cin·k²)); `neuron` / `**overrides` as `TSSLBPNeuron`.
     """
 
     def __init__(
@@ -102,12 +105,19 @@ class SpikingConv2d(_SpikingSynapse):
         stride: int = 1,
         padding: int = 0,
         weight_scale: float = 1.0,
+        init: str = "uniform",
         neuron: NeuronOptions | None = None,
         **overrides,
     ):
+        if init not in CONV_INITS:
+            raise ValueError(f"init: expected one of {CONV_INITS}, got {init!r}")
         weight = torch.empty(out_channels, in_channels, kernel_size, kernel_size)
-        bound = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
-        super().__init__(weight.uniform_(-bound, bound).mul_(weight_scale), neuron, overrides)
+        inv_sqrt_fan_in = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
+        if init == "uniform":
+            weight.uniform_(-inv_sqrt_fan_in, inv_sqrt_fan_in)
+        else:
+            weight.normal_(0.0, math.sqrt(2.0) * inv_sqrt_fan_in)
+        super().__init__(weight.mul_(weight_scale), neuron, overrides)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
@@ -168,8 +178,27 @@ class SpikingLinear(_SpikingSynapse):
         return f"{self.in_features}, {self.out_features}"
 
 
+class _SumPool(torch.autograd.Function):
+    """k×k window sums × scale on [B, C, H, W] (H, W divisible by k). Its backward spreads
+    grad × scale over each window and needs no input, so, unlike avg_pool2d, it saves nothing:
+    the spiking layer's output trace is then kept by no one (the neuron's backward reads u)."""
+
+    @staticmethod
+    def forward(ctx, x, k: int, scale: float):
+        ctx.k, ctx.scale = k, scale
+        return F.avg_pool2d(x, k, divisor_override=1) * scale
+
+    @staticmethod
+    def backward(ctx, grad):
+        k = ctx.k
+        B, C, Ho, Wo = grad.shape
+        g = (grad * ctx.scale).reshape(B, C, Ho, 1, Wo, 1).expand(B, C, Ho, k, Wo, k)
+        return g.reshape(B, C, Ho * k, Wo * k), None, None
+
+
 class SumPool2d(nn.Module):
-    """Non-spiking k×k sum pooling × `scale` on the trace (2×2 × 1.1 = 4.4 × avg pool)."""
+    """Non-spiking k×k sum pooling × `scale` on the trace (2×2 × 1.1 = 4.4 × avg pool); saves
+    no activation for its backward."""
 
     def __init__(self, kernel_size: int = 2, *, scale: float = 1.1):
         super().__init__()
@@ -182,8 +211,7 @@ class SumPool2d(nn.Module):
         if H % k or W % k:
             raise ValueError(f"SumPool2d({k}) needs H and W divisible by {k}, got H={H}, W={W}")
         # window sums (divisor 1) with T folded into the batch; cheaper than a strided .sum()
-        pooled = F.avg_pool2d(_fold(trace), k, divisor_override=1) * self.scale
-        return _unfold(pooled, T)
+        return _unfold(_SumPool.apply(_fold(trace), k, self.scale), T)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, scale={self.scale}"

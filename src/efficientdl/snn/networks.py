@@ -4,7 +4,8 @@ registered in the core registry as kind "snn" with its example input shape:
     create("snn", "mnist_cnn", T=8, tau_s=4.0)   # or build("mnist_cnn", T=8, tau_s=4.0)
 
 A builder takes the fields of `NeuronOptions` (every neuron's settings) and of `NetworkOptions`
-(T, dropout, dropout_mask, fold_static_input) as keyword arguments; their defaults live there.
+(T, dropout, dropout_mask, fold_static_input, conv_init) as keyword arguments; their defaults
+live there.
 """
 
 from __future__ import annotations
@@ -60,7 +61,13 @@ class _Layers:
 
     def conv(self, cin, cout, k, padding=0, weight_scale=1.0):
         return SpikingConv2d(
-            cin, cout, k, padding=padding, weight_scale=weight_scale, neuron=self.neuron
+            cin,
+            cout,
+            k,
+            padding=padding,
+            weight_scale=weight_scale,
+            init=self.network.conv_init,
+            neuron=self.neuron,
         )
 
     def fc(self, fin, fout, weight_scale=1.0):

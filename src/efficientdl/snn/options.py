@@ -16,6 +16,16 @@ BACKENDS = ("auto", "torch", "fused", "triton")
 """Paths of the neuron: 'torch' reference, 'fused' kernels, 'triton' (fused on CUDA), 'auto'."""
 
 
+ALGORITHMS = ("tsslbp", "paper2020")
+"""Backwards of the neuron: 'tsslbp', the official code since its December 2020 revision, and
+'paper2020', the code of October 2020 that produced the published results tables
+(`snn.paper2020`). Both share the forward."""
+
+CONV_INITS = ("uniform", "kaiming_normal")
+"""Initialisations of the spiking convolutions: 'uniform' U(±1/√fan_in) (PyTorch's default, the
+later official code) or 'kaiming_normal' N(0, 2/fan_in) (the October 2020 code)."""
+
+
 def _unknown(kind: str, names, known) -> ValueError:
     return ValueError(f"unknown {kind} {sorted(names)[0]!r}; known: {', '.join(known)}")
 
@@ -56,10 +66,14 @@ class NeuronOptions:
     """Cap c_du of the inter-neuron factor ρ = min(1/Δu, c_du) at a spike (step B2)."""
     intra_neuron: bool = True
     """Keep the intra-neuron dependency (u[t]/τm)·h[t+1] of the reset (step B3)."""
+    algorithm: str = "tsslbp"
+    """Which backward, one of ALGORITHMS. 'paper2020' has fixed constants of its own: the
+    options above (warm-up surrogate to intra_neuron) must keep their defaults with it."""
     backend: str = "auto"
     """Which path runs the neuron, one of BACKENDS; never changes the numbers beyond rounding."""
 
     BACKWARD = (
+        "algorithm",
         "warmup_surrogate",
         "warmup_trace",
         "surrogate_width",
@@ -81,6 +95,16 @@ class NeuronOptions:
             if not value > 0:  # NaN fails too
                 raise ValueError(f"{key}: expected > 0, got {value}")
         check_backend(self.backend)
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm: expected one of {ALGORITHMS}, got {self.algorithm!r}")
+        if self.algorithm == "paper2020":
+            for key in (k for k in self.BACKWARD if k != "algorithm"):
+                default = _FIELD_DEFAULTS[key]
+                if getattr(self, key) != default:
+                    raise ValueError(
+                        f"{key}: algorithm='paper2020' does not read it (its backward has fixed "
+                        f"constants); leave it at {default!r}, got {getattr(self, key)!r}"
+                    )
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -134,12 +158,20 @@ class NetworkOptions:
     """'neuron': one mask per sample and neuron; 'row': the official code's per-row mask."""
     fold_static_input: bool = True
     """Run layer 1's weights once per static image: W∗(c[t]·x) = c[t]·(W∗x)."""
+    conv_init: str = "uniform"
+    """Initialisation of the spiking convolutions, one of CONV_INITS."""
+
+    def __post_init__(self) -> None:
+        if self.conv_init not in CONV_INITS:
+            raise ValueError(f"conv_init: expected one of {CONV_INITS}, got {self.conv_init!r}")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
         """Every field name, in declaration order."""
         return tuple(f.name for f in dataclasses.fields(cls))
 
+
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(NeuronOptions)}
 
 NEURON = NeuronOptions()
 """The default neuron (where a default is read, e.g. the recipe's fields)."""

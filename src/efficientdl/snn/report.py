@@ -87,6 +87,15 @@ def _plot_rates(report, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _backend_line(recipe, summary: dict) -> str:
+    """Which backward the run trained with and which backend ran it (from its summary.json)."""
+    ran = summary.get("backend", "not recorded (a run from an older version)")
+    return (
+        f"TSSL-BP backward `{summary.get('algorithm', recipe.algorithm)}`; backend that ran: "
+        f"`{ran}` (asked for `{summary.get('backend_requested', recipe.backend)}`)."
+    )
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write report.md, accuracy.png, raster.png and firing_rates.png into `run_dir`."""
     from efficientdl.snn.train import load_run
@@ -115,6 +124,7 @@ def write_report(run_dir: str | Path) -> Path:
 
 T = {recipe.T}, τm = {recipe.tau_m}, τs = {recipe.tau_s}, batch {recipe.batch_size}, lr {recipe.lr},
 seed {summary["seed"]}, {summary["train_samples"]} training / {summary["test_samples"]} test images.
+{_backend_line(recipe, summary)}
 
 **Final-epoch test accuracy: {100 * summary["final_test_accuracy"]:.2f} %**;
 best over epochs: {100 * summary["best_test_accuracy"]:.2f} % (max of test accuracy, as the paper).

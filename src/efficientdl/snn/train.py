@@ -210,28 +210,37 @@ FREE = (
 (the backends implement the same arithmetic; a mid-epoch checkpoint stores the exact position)."""
 
 
-def _log_backend(recipe: TSSLBPRecipe, device: torch.device) -> None:
-    """Log which TSSL-BP implementation the neurons will run, and why (a bad choice is a
-    ConfigError now, not a traceback at the first step)."""
-    from efficientdl.snn import fused
+def _log_backend(recipe: TSSLBPRecipe, device: torch.device) -> str:
+    """Log which TSSL-BP implementation the neurons will run ('torch' or 'fused', returned); a
+    choice that cannot run is a ConfigError now, not a traceback at the first step. Why 'auto'
+    fell back to the reference is logged by `resolve_backend`, once per process."""
     from efficientdl.snn.functional import resolve_backend
 
     try:
-        path = resolve_backend(recipe.backend, torch.empty(0, device=device))
+        path = resolve_backend(
+            recipe.backend, torch.empty(0, device=device), algorithm=recipe.algorithm
+        )
     except (ValueError, RuntimeError) as err:
         raise ConfigError(f"config key 'backend': {err}") from None
     if path == "fused":
-        what = "C/OpenMP kernels" if device.type == "cpu" else "torch.compile (Triton) kernels"
-        log.info("backend: fused %s on %s (backend=%s)", what, device, recipe.backend)
-    elif recipe.backend == "torch":
-        log.info("backend: torch reference on %s (backend=torch)", device)
+        what = "fused C/OpenMP kernels" if device.type == "cpu" else "fused CUDA kernels"
     else:
-        _, why = fused.available(device.type)
-        log.info(
-            "backend: torch reference on %s (backend=auto; the fused kernels are unavailable: %s)",
-            device,
-            why,
-        )
+        what = "torch reference"
+    log.info(
+        "backend: %s on %s (backend=%s, algorithm=%s)",
+        what,
+        device,
+        recipe.backend,
+        recipe.algorithm,
+    )
+    return path
+
+
+def backend_ran(net: SpikingNetwork, planned: str) -> str:
+    """The path(s) the neurons of `net` last ran on ('torch', 'fused' or both, comma-joined);
+    `planned` if none has run yet."""
+    ran = sorted({n.ran for n in net.neurons() if n.ran is not None})
+    return ",".join(ran) if ran else planned
 
 
 def build_network(recipe: TSSLBPRecipe) -> SpikingNetwork:
@@ -324,7 +333,7 @@ def fit(
         net = build_network(recipe).to(device)
         # after seeding, where the first step used to probe the fused kernels (on CUDA the probe
         # draws random numbers), so the random streams of a run are those of the first step
-        _log_backend(recipe, device)
+        planned_backend = _log_backend(recipe, device)
         model = DistributedDataParallel(net) if ctx.enabled else net
         optimizer = make_optimizer(net, recipe)
         ckpt_path = run.path / CHECKPOINT
@@ -473,6 +482,9 @@ def fit(
         "train_samples": len(train_idx),
         "test_samples": len(test_idx),
         "world_size": ctx.world_size,
+        "algorithm": recipe.algorithm,
+        "backend_requested": recipe.backend,
+        "backend": backend_ran(net, planned_backend),
     }
     run.write_summary(summary)
     shutdown(ctx)
