@@ -172,3 +172,17 @@ def write_ke_config(path: Path, root, *, extra_yaml: str = "", **fields) -> Path
 
     path.write_text(yaml.safe_dump({**KE_TINY, "data_root": str(root), **fields}) + extra_yaml)
     return path
+
+
+def optional_module(name: str, load=None):
+    """The optional module `name` (or what `load()` returns, e.g. a loader that copes with a
+    broken install), or skip the test when it cannot be loaded for ANY reason: a missing package,
+    or an installed one that fails at import (torchvision built for another torch raises
+    `RuntimeError: operator torchvision::nms does not exist`)."""
+    import importlib
+
+    try:
+        return load() if load is not None else importlib.import_module(name)
+    except Exception as err:  # any failure means the package is not usable here
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        pytest.skip(f"{name} cannot be loaded here: {first}")

@@ -172,30 +172,32 @@ class Bad(nn.Module):
         super().__init__()
         self.kind = kind
         self.conv = nn.Conv2d(3, 16, 3)
-        self.gn = nn.GroupNorm(4, 16)
         self.fc = nn.Linear(16, 2)
-        self.other = nn.Conv2d(3, 16, 3)
+        self.attn = nn.MultiheadAttention(16, 2)
 
     def forward(self, x):
         y = self.conv(x)
-        if self.kind == "groupnorm":
-            y = self.gn(y)
-        elif self.kind == "slice":
-            y = torch.cat([y[:, :8], y[:, :8]], 1)
+        if self.kind == "pad":
+            y = F.pad(y, (0, 0, 0, 0, 0, 2))[:, 2:]
         elif self.kind == "twice":
             y = self.conv(x) + y
-        elif self.kind == "input_add":
-            y = y + self.other(x)[:, :, :, :] + F.pad(x, (0, 0, 0, 0, 0, 13))[:, :, 1:-1, 1:-1]
+        elif self.kind == "roll":
+            y = torch.roll(y, 1, 1)
+        elif self.kind == "attention":
+            y = self.attn(y, y, y)[0]
+        elif self.kind == "functional":
+            y = F.conv2d(y, self.conv.weight[:, :1].repeat(1, 16, 1, 1))
         return self.fc(y.mean((2, 3)))
 
 
 @pytest.mark.parametrize(
     "kind, message",
     [
-        ("groupnorm", r"node 'gn' \(call_module gn\).*unsupported layer GroupNorm"),
-        ("slice", r"node 'getitem' .*slices channels"),
+        ("pad", r"node 'pad' \(call_function pad\).*padding of the channel dimension"),
         ("twice", r"node 'conv_1' .*called twice"),
-        ("input_add", r"node 'pad' .*unsupported operation"),
+        ("roll", r"node 'roll' .*unsupported operation"),
+        ("attention", r"node 'attn' \(call_module attn\).*unsupported layer MultiheadAttention"),
+        ("functional", r"node 'getitem' .*indexing parameter 'conv.weight'"),
     ],
 )
 def test_unsupported_ops_raise_naming_the_node(kind, message):
@@ -224,10 +226,10 @@ class Untraceable(nn.Module):
         return self.conv(x) if x.sum() > 0 else -self.conv(x)
 
 
-def test_add_needs_identical_layouts_and_tracing_errors_hint_wels():
-    with pytest.raises(KEStructureError, match=r"node 'add'.*different kept channel sets"):
-        split(Residual(), rate=0.5)
-    split(Residual(), rate=1.0)  # all kept on both sides: fine
+def test_add_with_the_input_keeps_all_rows_and_tracing_errors_hint_wels():
+    masks = split(Residual(), rate=0.5)  # the unsplit input fixes the add's channels
+    assert masks["conv.weight"].all() and masks["conv.bias"].all()
+    assert torch.equal(masks["fc.weight"], prefix_mask((2, 8), 2, 8))
     with pytest.raises(KEStructureError, match="could not trace Untraceable.*scheme='wels'"):
         split(Untraceable(), rate=0.5)
 

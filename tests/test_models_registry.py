@@ -9,9 +9,11 @@ import torch
 import torch.fx
 from torch import nn
 
+from conftest import optional_module
 from efficientdl.core import registry
 from efficientdl.knowledge_evolution import split
 from efficientdl.models import resnet18, resnet34, resnet50, small_cnn
+from efficientdl.models.external import torchvision_models
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -100,7 +102,7 @@ def test_registry_errors():
 def test_torchvision_weights_load_strictly_with_equal_outputs(name):
     """Where the optional torchvision extra is installed: its weights load into ours strictly and
     both nets give identical outputs."""
-    tv_models = pytest.importorskip("torchvision.models")
+    tv_models = optional_module("torchvision.models", load=torchvision_models)
     torch.manual_seed(0)
     theirs = getattr(tv_models, name)(num_classes=10).eval()
     ours = BUILDERS[name](10).eval()

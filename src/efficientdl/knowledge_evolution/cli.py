@@ -30,15 +30,23 @@ def register(sub) -> None:
     )
     bench = actions.add_parser("bench", help="dense vs slim parameters, MACs and CPU latency")
     add_config_args(bench, method="ke", example="ke/demo")
-    bench.add_argument("--input-size", type=int, default=28, help="square input side")
-    bench.add_argument("--classes", type=int, default=10)
+    bench.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="square input side (default: config key input_size, else the dataset's)",
+    )
+    bench.add_argument(
+        "--classes", type=int, default=None, help="default: config key num_classes, else 10"
+    )
     bench.add_argument("--batch", type=int, nargs="+", default=[1, 64])
     bench.add_argument("--runs", type=int, default=20, help="timed runs (median reported)")
     bench.set_defaults(func=_bench)
 
 
-BENCH_READS = ("model", "stem", "in_channels", "width", "split_rate", "scheme", "wels_sampling",
-               "channel_multiple", "seed", "threads")  # fmt: skip
+BENCH_READS = ("model", "model_kwargs", "stem", "dataset", "in_channels", "input_size",
+               "num_classes", "width", "split_rate", "scheme", "wels_sampling", "channel_multiple",
+               "seed", "threads")  # fmt: skip
 """The config keys `ke bench` reads: the network and its split (no training)."""
 
 
@@ -73,7 +81,7 @@ def _bench(args) -> int:
     import torch
 
     from efficientdl.core.benchmark import time_variants
-    from efficientdl.knowledge_evolution.bench import cost_row, forward_fn
+    from efficientdl.knowledge_evolution.bench import bench_shape, cost_row, forward_fn
     from efficientdl.knowledge_evolution.experiment import build, make_masks
     from efficientdl.knowledge_evolution.slim import extract_slim
 
@@ -81,7 +89,7 @@ def _bench(args) -> int:
     config = _config(args)
     for name, value in (("--input-size", args.input_size), ("--classes", args.classes),
                         ("--runs", args.runs), *(("--batch", b) for b in args.batch)):  # fmt: skip
-        if value < 1:
+        if value is not None and value < 1:
             raise ConfigError(f"{name} must be ≥ 1, got {value}")
     if config.scheme != "kels":
         raise ConfigError(
@@ -90,9 +98,11 @@ def _bench(args) -> int:
         )
     if config.threads:
         torch.set_num_threads(config.threads)
-    channels = config.in_channels or 1
-    model = build(config, num_classes=args.classes, in_channels=channels).eval()
-    x = torch.randn(max(args.batch), channels, args.input_size, args.input_size)
+    (channels, side, _), classes = bench_shape(
+        config, input_size=args.input_size, num_classes=args.classes
+    )
+    model = build(config, num_classes=classes, in_channels=channels).eval()
+    x = torch.randn(max(args.batch), channels, side, side)
     masks = make_masks(dataclasses.replace(config, arm="ke"), model)
     nets = {"dense": model, f"slim sr={config.split_rate}": extract_slim(model, masks)}
     try:
@@ -102,18 +112,20 @@ def _bench(args) -> int:
             raise
         first = str(err).strip().splitlines()[0]
         raise ConfigError(
-            f"--input-size {args.input_size}: {config.model} does not run on "
-            f"{channels}×{args.input_size}×{args.input_size} inputs ({first})"
+            f"--input-size {side}: {config.model} does not run on "
+            f"{channels}×{side}×{side} inputs ({first})"
         ) from None
     for b in args.batch:
         fns = {name: forward_fn(net, x[:b]) for name, net in nets.items()}
         timings = time_variants(fns, warmup=3, rounds=args.runs, device=x.device)
         for row in rows:
             row[f"cpu_ms_b{b}"] = timings[row["net"]].median_ms
+    print(f"{config.model}: {channels}×{side}×{side} inputs, {classes} classes")
     print(f"{'net':<16} {'params':>12} {'MACs':>14} " + " ".join(f"{'ms b' + str(b):>10}"
                                                                for b in args.batch))  # fmt: skip
     for row in rows:
         times = " ".join(f"{row[f'cpu_ms_b{b}']:>10.3f}" for b in args.batch)
         print(f"{row['net']:<16} {row['params']:>12,} {row['macs']:>14,} {times}")
-    print(json.dumps({"threads": torch.get_num_threads(), "rows": rows}, indent=2))
+    print(json.dumps({"model": config.model, "input": [channels, side, side], "classes": classes,
+                      "threads": torch.get_num_threads(), "rows": rows}, indent=2))  # fmt: skip
     return 0

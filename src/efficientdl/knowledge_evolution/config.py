@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from efficientdl.core import ConfigError
+from efficientdl.models.external import parse_spec
 
 
 @dataclass
@@ -16,7 +17,12 @@ class KEConfig:
     (E=200 epochs per generation, G=10 generations); `recipe='small'` the small-data preset
     (G=5, E so that a generation is ≈`steps_per_generation` SGD steps). `arm`: 'ke' (G
     generations with re-init), 'long' (the compute-matched baseline: one run of G·E epochs),
-    'restarts' (G × E with LR restarts and a fresh optimizer but no re-init: split rate 1)."""
+    'restarts' (G × E with LR restarts and a fresh optimizer but no re-init: split rate 1).
+
+    `model`: a registry name, `torchvision:NAME` or `timm:NAME`; `model_kwargs`: keywords for its
+    constructor. `in_channels`, `input_size` (square side) and `num_classes` describe the network's
+    input and output: null takes them from the dataset; `ke train` refuses values its dataset
+    does not have, `ke bench` builds its net and inputs from them."""
 
     name: str = "ke"
     recipe: Literal["paper", "small"] = "paper"
@@ -25,8 +31,11 @@ class KEConfig:
     data_root: str | None = None
     per_class: int | None = None
     model: str = "small_cnn"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
     stem: Literal["imagenet", "cifar"] = "cifar"
     in_channels: int | None = None
+    input_size: int | None = None
+    num_classes: int | None = None
     width: int | None = None
     split_rate: float = 0.5
     scheme: Literal["kels", "wels"] = "kels"
@@ -63,7 +72,8 @@ class KEConfig:
         """Range checks; errors name the key and the bad value."""
         positive = ("batch_size", "steps_per_generation", "eval_batch_size", "channel_multiple",
                     "val_every")  # fmt: skip
-        for key in positive + ("generations", "epochs", "per_class", "keep", "threads", "width"):
+        for key in positive + ("generations", "epochs", "per_class", "keep", "threads", "width",
+                               "in_channels", "input_size", "num_classes"):  # fmt: skip
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"config key '{key}' must be ≥ 1, got {value!r}")
@@ -73,6 +83,10 @@ class KEConfig:
                     "crop_padding", "probe_size", "checkpoint_seconds"):  # fmt: skip
             if getattr(self, key) < 0:
                 raise ConfigError(f"config key '{key}' must be ≥ 0, got {getattr(self, key)!r}")
+        try:
+            parse_spec(self.model)
+        except ConfigError as err:
+            raise ConfigError(f"config key 'model': {err}") from None
         return self
 
     def resolved_generations(self) -> int:

@@ -43,6 +43,7 @@ from efficientdl.knowledge_evolution.reinit import init_weights
 from efficientdl.knowledge_evolution.report import write_report
 from efficientdl.knowledge_evolution.slim import extract_slim
 from efficientdl.knowledge_evolution.training import recipe_train_fn
+from efficientdl.models.external import build_external, is_external
 
 METHOD = "ke"
 EXTENDS = ("generations",)
@@ -87,24 +88,78 @@ def load_data(config: KEConfig):
 
 
 def build(config: KEConfig, *, num_classes: int, in_channels: int) -> nn.Module:
-    """The registry model with the official generation-1 init (kaiming_normal fan_in, BN 1/0),
-    seeded by `config.seed`. An unknown model name is a ConfigError."""
+    """The configured model (a registry name, `torchvision:NAME` or `timm:NAME`, with
+    `model_kwargs`) for `num_classes` classes and `in_channels`-channel inputs (the config's
+    values where set), with the official generation-1 init (kaiming_normal fan_in, BN 1/0) seeded
+    by `config.seed`. An unknown model or a keyword it does not take is a ConfigError."""
     seed_everything(config.seed)
+    num_classes = config.num_classes or num_classes
+    in_channels = config.in_channels or in_channels
+    try:
+        if is_external(config.model):
+            if config.width is not None:
+                raise ConfigError(
+                    f"{config.model!r} has no option for config key 'width' (pass its own "
+                    f"keywords in model_kwargs)"
+                )
+            model = build_external(
+                config.model,
+                num_classes=num_classes,
+                in_channels=in_channels,
+                kwargs=config.model_kwargs,
+            )
+        else:
+            model = _build_registered(config, num_classes, in_channels)
+    except ConfigError as err:
+        raise ConfigError(f"config key 'model': {err}") from None
+    init_weights(model, generator=torch.Generator().manual_seed(config.seed))
+    return model
+
+
+def _build_registered(config: KEConfig, num_classes: int, in_channels: int) -> nn.Module:
     try:
         entry = registry.get("model", config.model)
     except ConfigError as err:
-        raise ConfigError(f"config key 'model': {err}") from None
-    options = {"num_classes": num_classes, "in_channels": config.in_channels or in_channels}
+        raise ConfigError(f"{err} (or torchvision:NAME, timm:NAME)") from None
+    options = {"num_classes": num_classes, "in_channels": in_channels}
     accepted = inspect.signature(entry.build).parameters
     if "stem" in accepted:
         options["stem"] = config.stem
     if config.width is not None:
         if "width" not in accepted:
-            raise ConfigError(f"config key 'width': model {config.model!r} has no width option")
+            raise ConfigError(f"{config.model!r} has no option for config key 'width'")
         options["width"] = config.width
-    model = entry.create(**options)
-    init_weights(model, generator=torch.Generator().manual_seed(config.seed))
-    return model
+    taken = sorted(set(config.model_kwargs) & set(options))
+    if taken:
+        raise ConfigError(
+            f"model_kwargs.{taken[0]} is set by the config (use the key '{taken[0]}' or the data)"
+        )
+    try:
+        return entry.create(**options, **config.model_kwargs)
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        first = str(err).strip().splitlines()[0]
+        raise ConfigError(
+            f"model {config.model!r} with model_kwargs {config.model_kwargs!r}: {first}"
+        ) from None
+
+
+def check_data_shape(config: KEConfig, images: torch.Tensor, num_classes: int) -> None:
+    """ConfigError when `in_channels`, `input_size` or `num_classes` is set to a value the
+    training data (`images` N×C×H×W, `num_classes` classes) does not have."""
+    side = images.shape[2] if images.shape[2] == images.shape[3] else None
+    have = {"in_channels": images.shape[1], "input_size": side, "num_classes": num_classes}
+    shown = {"in_channels": f"{images.shape[1]} channel(s)",
+             "num_classes": f"{num_classes} classes",
+             "input_size": f"{images.shape[2]}×{images.shape[3]} images"}  # fmt: skip
+    for key, value in have.items():
+        wanted = getattr(config, key)
+        if wanted is not None and wanted != value:
+            raise ConfigError(
+                f"config key '{key}' is {wanted}, but {config.dataset} has {shown[key]} (set the "
+                f"key to null to take it from the data)"
+            )
 
 
 def make_masks(config: KEConfig, model: nn.Module, example_input: torch.Tensor | None = None):
@@ -203,12 +258,7 @@ def _run(config, device, dist_ctx: DistContext, run_dir, resume, tensorboard, on
         if resume:
             _check_extension(path, config)
         train, test = load_data(config)
-        channels = train.images.shape[1]
-        if config.in_channels is not None and config.in_channels != channels:
-            raise ConfigError(
-                f"config key 'in_channels' is {config.in_channels}, but {config.dataset} images "
-                f"have {channels} channel(s)"
-            )
+        check_data_shape(config, train.images, train.num_classes)
         model = build(config, num_classes=train.num_classes, in_channels=train.images.shape[1])
         masks = make_masks(config, model, train.images[:2])
         generations = config.resolved_generations()

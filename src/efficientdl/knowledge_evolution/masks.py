@@ -36,12 +36,13 @@ def split_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def layer_mask(layer: SplitLayer) -> dict[str, torch.Tensor]:
-    """Weight (and split conv bias) masks of one KELS layer: rows × cols over the kernel."""
+    """Weight (and split conv bias) masks of one KELS layer: rows × cols over the kernel (cols
+    index weight dim 1: a grouped conv's within-group input offsets)."""
     weight = layer.module.weight
     rows = torch.zeros(weight.shape[0], dtype=torch.bool)
     rows[list(layer.rows)] = True
     cols = torch.zeros(weight.shape[1], dtype=torch.bool)
-    cols[[0] if layer.depthwise else list(layer.cols)] = True
+    cols[list(layer.weight_cols)] = True
     kernel = (1,) * (weight.dim() - 2)
     mask = rows.view(-1, 1, *kernel) & cols.view(1, -1, *kernel)
     out = {"weight": mask.expand(weight.shape).clone()}
@@ -56,13 +57,8 @@ def _ordered(model: nn.Module, masks: Masks) -> Masks:
 
 
 def _kels(model, rate, channel_multiple, example_input) -> Masks:
-    def rows_for(name, module, depthwise_channels, output):
-        if depthwise_channels is not None:
-            return depthwise_channels
-        out = module.weight.shape[0]
-        return range(out) if output else range(keep(out, rate, channel_multiple))
-
-    structure = analyse(model, rows_for, example_input=example_input)
+    graph = analyse(model, example_input=example_input)
+    structure = graph.solve_prefix(lambda n: keep(n, rate, channel_multiple))
     masks: Masks = {}
     for name, layer in structure.layers.items():
         for pname, mask in layer_mask(layer).items():
@@ -99,12 +95,16 @@ def split(
 ) -> Masks:
     """Masks (True = fit hypothesis H△) for every conv/linear weight of `model`.
 
-    KELS: kernel-level rows × cols prefixes found from the traced graph (stem keeps all inputs,
-    output layers keep all rows, residual adds share prefixes, concatenations keep per-segment
-    prefixes; split conv biases follow the rows). WELS: each tensor keeps exactly keep(n) random
-    entries ('exact', torch.randperm from `generator`) or Bernoulli(rate) entries ('bernoulli',
-    the official draw). Returns a dict in `named_parameters` order of CPU bool tensors; the model
-    is never modified.
+    KELS: kernel-level rows × cols found from the traced graph: each layer keeps the first
+    keep(n) of its output channels, counting channels that must be kept together as one
+    (grouped convs: the same offsets in every group; GroupNorm: whole groups; LayerNorm over
+    channels: all); the stem keeps all inputs, output layers all rows, both operands of an add
+    or gate the same channels (the narrower producer decides, so a conv added to a
+    concatenation follows its segments), concatenations keep each segment's own channels;
+    split conv biases follow the rows. WELS: each tensor keeps exactly
+    keep(n) random entries ('exact', torch.randperm from `generator`) or Bernoulli(rate)
+    entries ('bernoulli', the official draw). Returns a dict in `named_parameters` order of CPU
+    bool tensors; the model is never modified.
     """
     _check_rate(rate)
     if scheme not in _SCHEMES:

@@ -7,22 +7,27 @@ import copy
 import torch
 from torch import nn
 
-from efficientdl.knowledge_evolution.graph import NORM_TYPES, Structure, analyse
+from efficientdl.knowledge_evolution.channels import Structure, difference
+from efficientdl.knowledge_evolution.graph import analyse, getattr_path
 from efficientdl.knowledge_evolution.masks import Masks, check_masks, kernel_factors, split_layers
 
 NOT_KELS = "mask for {!r} is not kernel-level (KELS); WELS has no slim network"
+_CHANNEL_NORMS = (nn.modules.batchnorm._NormBase,)
 
 
-def _indices(flags: torch.Tensor) -> tuple[int, ...]:
-    return tuple(flags.nonzero().flatten().tolist())
+def _flags(indices: tuple[int, ...], size: int) -> torch.Tensor:
+    flags = torch.zeros(size, dtype=torch.bool)
+    flags[list(indices)] = True
+    return flags
 
 
 def kels_structure(
     model: nn.Module, masks: Masks, *, example_input: torch.Tensor | None = None
 ) -> Structure:
     """The graph structure with rows read from KELS `masks`, checked edge by edge: each mask is
-    rows × cols, each layer's cols equal the kept channels its input carries, output layers keep
-    all rows, and split conv biases follow the rows. Errors name the layer."""
+    rows × cols, each layer's rows equal the kept channels of every op tied to them, its cols
+    the kept channels its input carries, output layers keep all rows, and split conv biases
+    follow the rows. Errors name the layer and where the channel sets differ."""
     check_masks(model, masks)
     factors = {}
     for name, _ in split_layers(model):
@@ -34,20 +39,24 @@ def kels_structure(
             raise ValueError(NOT_KELS.format(key))
         factors[name] = found
 
-    def rows_for(name, module, depthwise_channels, output):
-        rows = _indices(factors[name][0])
-        if output and len(rows) != module.weight.shape[0]:
-            raise ValueError(f"mask for '{name}.weight' drops rows of an output layer")
-        return rows
-
-    structure = analyse(model, rows_for, example_input=example_input)
+    structure = analyse(model, example_input=example_input).solve_rows(
+        lambda space: factors[space.name][0]
+    )
     for name, layer in structure.layers.items():
         rows, cols = factors[name]
-        expected = layer.rows if layer.depthwise else _indices(cols)
-        if layer.cols != expected:
+        if layer.output and not rows.all():
+            raise ValueError(f"mask for '{name}.weight' drops rows of an output layer")
+        derived = _flags(layer.rows, rows.numel())
+        if not torch.equal(derived, rows):
             raise ValueError(
-                f"mask for '{name}.weight' keeps input channels {list(expected)[:8]}… but its "
-                f"input carries kept channels {list(layer.cols)[:8]}… (producer/consumer mismatch)"
+                f"mask for '{name}.weight' keeps other output channels than the ops it feeds "
+                f"tie it to: {difference(rows, derived)} (mask vs graph)"
+            )
+        expected = _flags(layer.weight_cols, cols.numel())
+        if not torch.equal(expected, cols):
+            raise ValueError(
+                f"mask for '{name}.weight' keeps input channels that differ from the kept "
+                f"channels its input carries: {difference(cols, expected)} (mask vs input)"
             )
         bias = masks.get(f"{name}.bias")
         if bias is not None and not torch.equal(bias, rows):
@@ -55,64 +64,48 @@ def kels_structure(
     return structure
 
 
-_CONV_HYPERS = ("kernel_size", "stride", "padding", "dilation", "padding_mode")
-_NORM_HYPERS = ("eps", "momentum", "affine", "track_running_stats")
+def _index(kept: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(kept, dtype=torch.long, device=like.device)
 
 
-def _like(ref: nn.Module, *sizes: int, copied: tuple[str, ...], **kwargs) -> nn.Module:
-    """A new module of `ref`'s class with the given channel sizes, `ref`'s values of the
-    hyper-parameters named in `copied`, and `kwargs`."""
-    return type(ref)(*sizes, **{name: getattr(ref, name) for name in copied}, **kwargs)
-
-
-def _narrow_layer(layer, ref: nn.Module) -> nn.Module:
-    rows = torch.tensor(layer.rows, dtype=torch.long, device=ref.weight.device)
-    cols = torch.tensor(layer.cols, dtype=torch.long, device=ref.weight.device)
-    w = ref.weight.detach()
-    if isinstance(ref, nn.Linear):
-        new = type(ref)(len(cols), len(rows), bias=ref.bias is not None,
-                        device=w.device, dtype=w.dtype)  # fmt: skip
-        weight = w[rows][:, cols]
+def _set_tensor(owner: nn.Module, attr: str, value: torch.Tensor, ref: torch.Tensor) -> None:
+    """Replace a parameter (keeping requires_grad) or buffer of `owner`."""
+    if attr in owner._parameters:
+        setattr(owner, attr, nn.Parameter(value, requires_grad=ref.requires_grad))
     else:
-        groups = len(rows) if layer.depthwise else 1
-        new = _like(
-            ref,
-            len(rows) if layer.depthwise else len(cols),
-            len(rows),
-            copied=_CONV_HYPERS,
-            groups=groups,
-            bias=ref.bias is not None,
-            device=w.device,
-            dtype=w.dtype,
-        )
-        weight = w[rows] if layer.depthwise else w[rows][:, cols]
-    with torch.no_grad():
-        new.weight.copy_(weight)
-        if ref.bias is not None:
-            new.bias.copy_(ref.bias.detach()[rows])
-    return new.train(ref.training)
+        setattr(owner, attr, value)
 
 
-def _narrow_norm(kept: tuple[int, ...], ref: nn.Module) -> nn.Module:
-    device = next(iter(ref.buffers()), next(iter(ref.parameters()), torch.empty(0))).device
-    dtype = ref.weight.dtype if ref.weight is not None else torch.float32
-    idx = torch.tensor(kept, dtype=torch.long, device=device)
-    new = _like(ref, len(kept), copied=_NORM_HYPERS, device=device, dtype=dtype)
-    with torch.no_grad():
-        for pname in ("weight", "bias"):
-            if getattr(ref, pname) is not None:
-                getattr(new, pname).copy_(getattr(ref, pname)[idx])
-        for bname in ("running_mean", "running_var"):
-            if getattr(ref, bname, None) is not None:
-                getattr(new, bname).copy_(getattr(ref, bname)[idx])
-        if getattr(ref, "num_batches_tracked", None) is not None:
-            new.num_batches_tracked.copy_(ref.num_batches_tracked)
-    return new.train(ref.training)
+@torch.no_grad()
+def _narrow_layer(mod: nn.Module, layer) -> None:
+    """Cut `mod` (a copy) down to the layer's kept rows and weight cols, in place."""
+    w = mod.weight
+    weight = w.index_select(0, _index(layer.rows, w)).index_select(1, _index(layer.weight_cols, w))
+    _set_tensor(mod, "weight", weight.contiguous(), w)
+    if mod.bias is not None:
+        _set_tensor(mod, "bias", mod.bias.index_select(0, _index(layer.rows, w)), mod.bias)
+    if isinstance(mod, nn.Linear):
+        mod.in_features, mod.out_features = len(layer.cols), len(layer.rows)
+    else:
+        mod.in_channels, mod.out_channels = len(layer.cols), len(layer.rows)
+        mod.groups = layer.groups
 
 
-def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
+def _narrow_norm(mod: nn.Module, kept: tuple[int, ...]) -> None:
+    """Set the channel count of a normalisation module (its tensors are gathered apart)."""
+    if isinstance(mod, _CHANNEL_NORMS):
+        mod.num_features = len(kept)
+    elif isinstance(mod, nn.GroupNorm):
+        mod.num_groups = mod.num_groups * len(kept) // mod.num_channels
+        mod.num_channels = len(kept)
+
+
+@torch.no_grad()
+def _gather(slim: nn.Module, name: str, dim: int, kept: tuple[int, ...]) -> None:
+    owner_name, _, attr = name.rpartition(".")
+    owner = slim.get_submodule(owner_name) if owner_name else slim
+    ref = getattr_path(slim, name)
+    _set_tensor(owner, attr, ref.index_select(dim, _index(kept, ref)).contiguous(), ref)
 
 
 def extract_slim(
@@ -120,19 +113,20 @@ def extract_slim(
 ) -> nn.Module:
     """The fit hypothesis of KELS `masks` as a thinner deep copy of `model`.
 
-    Each conv/linear becomes a module of the same class and hyper-parameters with in = |cols|,
-    out = |rows| (depthwise: groups = |rows|); each BatchNorm/InstanceNorm keeps its gathered
-    channels (γ, β, running stats; eps, momentum copied). Weights are contiguous clones on the
-    original device/dtype; `model` is untouched and the train/eval mode is kept. In eval mode
-    slim(x) equals the dense net with W ← W·M for every mask, up to float rounding. The model's
-    own forward is reused, so it must not hard-code channel counts.
+    Each conv/linear keeps its class and hyper-parameters with in = |cols|, out = |rows| and
+    the kept groups of a grouped conv (depthwise: groups = |rows|); each normalisation layer
+    and per-channel tensor (layer scale) keeps its gathered channels (γ, β, running stats).
+    Weights are contiguous copies on the original device/dtype; `model` is untouched and the
+    train/eval mode is kept. In eval mode slim(x) equals the dense net with W ← W·M for every
+    mask, up to float rounding. The model's own forward is reused, so it must not hard-code
+    channel counts (constant channel counts are kept whole by `split`).
     """
     structure = kels_structure(model, masks, example_input=example_input)
     slim = copy.deepcopy(model)
     for name, layer in structure.layers.items():
-        _replace(slim, name, _narrow_layer(layer, model.get_submodule(name)))
+        _narrow_layer(slim.get_submodule(name), layer)
+    for name, (dim, kept) in structure.params.items():
+        _gather(slim, name, dim, kept)
     for name, kept in structure.norms.items():
-        ref = model.get_submodule(name)
-        if isinstance(ref, NORM_TYPES):
-            _replace(slim, name, _narrow_norm(kept, ref))
+        _narrow_norm(slim.get_submodule(name), kept)
     return slim
