@@ -1,5 +1,6 @@
-"""The fused backend against the torch reference: forward bit-equal, backward ≤ 1e-6; the C
-kernel helpers called directly (any layout read correctly, bad inputs refused)."""
+"""The fused backend against the torch reference: forward bit-equal, backward ≤ 1e-6 (float32) /
+1e-12 (float64), both backwards; the C kernel helpers called directly (any layout read correctly,
+bad inputs refused)."""
 
 import os
 
@@ -7,10 +8,11 @@ import pytest
 import torch
 
 from efficientdl.core.errors import UserError
-from efficientdl.snn import cpu_kernels, fused
+from efficientdl.snn import cpu_kernels, fused, paper2020
 from efficientdl.snn.functional import lif_states, resolve_backend, tsslbp, tsslbp_backward
 from efficientdl.snn.networks import build
 from efficientdl.snn.options import NeuronOptions
+from efficientdl.snn.triton_kernels import PAPER2020_CONSTANTS
 
 P = {"tau_m": 5.0, "tau_s": 3.0, "threshold": 1.0}
 OPTIONS = [
@@ -182,3 +184,107 @@ def test_cpu_kernel_helpers_take_one_neuron_and_no_neurons():
     trace, membrane = cpu_kernels.forward(empty, c["r_m"], c["r_s"], c["th"])
     assert trace.shape == membrane.shape == empty.shape
     assert cpu_kernels.backward(trace, membrane, c, True, True).shape == empty.shape
+
+
+# ---- the October 2020 backward (algorithm='paper2020') in the C kernels --------------------------
+
+PAPER2020 = NeuronOptions(tau_m=5.0, tau_s=2.0, algorithm="paper2020")
+RATES = {"high": (-0.2, 1.4), "low": (-0.3, 0.5)}  # currents landing above / below 10 % firing
+
+
+def _paper2020_case(shape, dtype, rate, seed):
+    """(current, grad, pre-reset membrane) of a layer firing above or below 10 %, and the
+    reference 2020 backward of it."""
+    lo, hi = RATES[rate]
+    g = torch.Generator().manual_seed(seed)
+    current = (torch.rand(shape, generator=g, dtype=torch.float64) * (hi - lo) + lo).to(dtype)
+    grad = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    membrane = lif_states(current, PAPER2020).membrane
+    return current, grad, membrane, _paper2020_reference(grad, membrane)
+
+
+def _paper2020_reference(grad, membrane):
+    c = PAPER2020.constants()
+    r_m, r_s, lam_s, th = (torch.tensor(c[k], dtype=membrane.dtype) for k in PAPER2020_CONSTANTS)
+    return paper2020.backward(grad, membrane, r_m, r_s, lam_s, th)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rate", ["high", "low"])
+@pytest.mark.parametrize("shape", [(1, 7), (3, 5, 9), (5, 1031), (8, 3, 171)])
+def test_c_paper2020_backward_equals_the_reference(shape, rate, dtype):
+    """Both sides of the firing-rate switch, T = 1, 3, 5, 8, odd M (one, two and three blocks)."""
+    _, grad, membrane, expected = _paper2020_case(shape, dtype, rate, seed=sum(shape))
+    assert paper2020.high_rate(membrane > 1.0, dtype) == (rate == "high")
+    got = cpu_kernels.paper2020_backward(grad, membrane, PAPER2020.constants())
+    assert got.shape == membrane.shape and got.is_contiguous()
+    torch.testing.assert_close(got, expected, **TOL[dtype])
+    if rate == "high":  # the spike-time gradient: zero off the spike steps
+        assert torch.all(got[membrane <= 1.0] == 0) and (got != 0).any()
+    else:  # the surrogate: every step
+        assert torch.all(got != 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_c_paper2020_backward_reads_any_layout(dtype):
+    _, grad, membrane, expected = _paper2020_case((6, 3, 8, 5, 5), dtype, "high", seed=5)
+    c = PAPER2020.constants()
+    for name, u in _layouts(membrane).items():
+        for grad_name, g in _layouts(grad).items():
+            assert not u.is_contiguous() and not g.is_contiguous()
+            got = cpu_kernels.paper2020_backward(g, u, c)
+            torch.testing.assert_close(got, expected, **TOL[dtype], msg=f"{name}/{grad_name}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_c_paper2020_switch_is_more_than_ten_percent_of_the_whole_call(dtype):
+    """The switch counts every block and thread of the call: 10 % exactly stays on the
+    surrogate, one spike more switches the whole layer, wherever that spike is."""
+    T, M = 5, 1100  # three blocks of 512 neurons
+    membrane = torch.full((T, M), 0.5, dtype=dtype)
+    membrane[1, :550] = 1.5  # 550 spikes, all in the first two blocks: 10 % of 5500
+    grad = torch.randn(T, M, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    grad = grad.to(dtype)
+    c = PAPER2020.constants()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        low = cpu_kernels.paper2020_backward(grad, membrane, c)
+        membrane[3, M - 1] = 1.5  # one more, in the last block
+        high = cpu_kernels.paper2020_backward(grad, membrane, c)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.all(low != 0)  # surrogate everywhere
+    assert int((high != 0).sum()) == 551  # spike steps only
+    membrane[3, M - 1] = 0.5
+    torch.testing.assert_close(low, _paper2020_reference(grad, membrane), **TOL[dtype])
+    membrane[3, M - 1] = 1.5
+    torch.testing.assert_close(high, _paper2020_reference(grad, membrane), **TOL[dtype])
+
+
+@pytest.mark.parametrize("backend", ["fused", "auto"])
+def test_paper2020_through_tsslbp_runs_the_c_kernels(backend, monkeypatch):
+    current, grad, _, _ = _paper2020_case((5, 4, 60), torch.float32, "low", seed=9)
+    calls = []
+    kernel = cpu_kernels.paper2020_backward
+    monkeypatch.setattr(
+        cpu_kernels, "paper2020_backward", lambda *args: calls.append(1) or kernel(*args)
+    )
+    results = {}
+    for b in (backend, "torch"):
+        x = current.clone().requires_grad_()
+        out = tsslbp(x, PAPER2020, backend=b)
+        out.backward(grad)
+        results[b] = out.detach(), x.grad
+    assert calls == [1]
+    assert torch.equal(results[backend][0], results["torch"][0])
+    torch.testing.assert_close(results[backend][1], results["torch"][1], **TOL[torch.float32])
+
+
+def test_c_paper2020_helper_refuses_bad_inputs():
+    x = torch.rand(4, 6)
+    c = PAPER2020.constants()
+    with pytest.raises(fused.KernelInputError, match=r"\[4, 6\]"):
+        cpu_kernels.paper2020_backward(x[:, :5], x, c)
+    with pytest.raises(fused.KernelInputError, match="float16"):
+        cpu_kernels.paper2020_backward(x.half(), x.half(), c)

@@ -6,6 +6,7 @@ einsum, mini-batches of 5) in its own [N, C, H, W, T] layout."""
 import json
 import logging
 import math
+import os
 
 import numpy as np
 import pytest
@@ -333,21 +334,20 @@ class OfficialCountDelta(torch.autograd.Function):
         return grad, None
 
 
+MNIST_2020 = {"T": 5, "tau_m": 5.0, "tau_s": 2.0, "padding": 0, "loss": "kernel"}
+FMNIST_2020 = {"T": 5, "tau_m": 4.0, "tau_s": 2.0, "padding": 2, "loss": "count"}
+
+
 @pytest.mark.parametrize(
-    "name, cfg",
+    "name, cfg, backend",
     [
-        (
-            "mnist_cnn_paper2020",
-            {"T": 5, "tau_m": 5.0, "tau_s": 2.0, "padding": 0, "loss": "kernel"},
-        ),
-        (
-            "fmnist_cnn_paper2020",
-            {"T": 5, "tau_m": 4.0, "tau_s": 2.0, "padding": 2, "loss": "count"},
-        ),
+        ("mnist_cnn_paper2020", MNIST_2020, "torch"),
+        ("fmnist_cnn_paper2020", FMNIST_2020, "torch"),
+        ("mnist_cnn_paper2020", MNIST_2020, "fused"),  # the C kernels
     ],
 )
-def test_training_steps_equal_the_official_network(name, cfg):
-    r = recipe(name, backend="torch", fold_static_input=False)
+def test_training_steps_equal_the_official_network(name, cfg, backend):
+    r = recipe(name, backend=backend, fold_static_input=False)
     torch.manual_seed(0)
     net = build(r.model, **r.model_overrides()).double()
     weights = [layer.weight.detach().clone().requires_grad_() for layer in net.weight_layers()]
@@ -374,7 +374,7 @@ def test_training_steps_equal_the_official_network(name, cfg):
     assert set(OfficialNeuron.branches) == {True, False}  # both sides of the switch were taken
     for layer, w in zip(net.weight_layers(), weights):
         torch.testing.assert_close(layer.weight.detach(), w.detach(), rtol=1e-10, atol=1e-12)
-    assert ran == {"torch"}
+    assert ran == {backend}
 
 
 # ---- recipes, options, no silent fallbacks ------------------------------------------------------
@@ -468,27 +468,49 @@ def messages(caplog):
     return [r.getMessage() for r in caplog.records if r.name == "efficientdl.snn"]
 
 
-def test_fused_or_triton_with_paper2020_is_an_error_not_a_switch():
-    x = torch.rand(5, 4)
-    with pytest.raises(fused.BackendUnavailableError) as info:
+NO_INTERPRETER = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0"),
+    reason="this process runs triton in the interpreter (CPU tensors are accepted)",
+)
+
+
+@pytest.mark.parametrize("backend", ["fused", "auto"])
+@pytest.mark.parametrize("rate", ["high", "low"])
+def test_fused_and_auto_run_paper2020_in_the_c_kernels(backend, rate):
+    """On CPU tensors 'fused' and 'auto' run the 2020 backward in the C kernels, and equal the
+    reference on both sides of the switch (forward bit-equal)."""
+    current, delta = layer_case(rate, M=60, seed=11)
+    neuron = TSSLBPNeuron(**P, algorithm="paper2020", backend=backend)
+    x = current.clone().requires_grad_()
+    out = neuron(x)
+    out.backward(delta)
+    assert neuron.ran == "fused"
+    ref_out, ref_grad = ours(current, delta)
+    assert torch.equal(out.detach(), ref_out)
+    torch.testing.assert_close(x.grad, ref_grad, rtol=1e-12, atol=1e-15)
+
+
+def test_fused_with_a_dtype_the_kernels_lack_is_an_error_not_a_switch():
+    x = torch.rand(5, 4).to(torch.float8_e4m3fn)
+    with pytest.raises(ConfigError) as info:
         tsslbp(x, **P, algorithm="paper2020", backend="fused")
     assert str(info.value) == (
-        "backend='fused' is not available on cpu: the c kernels have no algorithm='paper2020' "
-        "backward"
+        "backend='fused' on cpu: the fused kernels take no torch.float8_e4m3fn"
     )
+
+
+@NO_INTERPRETER
+def test_triton_with_paper2020_on_cpu_tensors_is_an_error_not_a_switch():
     with pytest.raises(fused.BackendUnavailableError, match="backend='triton' is not available"):
-        tsslbp(x, **P, algorithm="paper2020", backend="triton")
+        tsslbp(torch.rand(5, 4), **P, algorithm="paper2020", backend="triton")
 
 
-def test_auto_with_paper2020_runs_the_reference_and_says_why_once(snn_log):
+def test_auto_with_paper2020_runs_the_c_kernels_and_says_so_once(snn_log):
     x = torch.rand(5, 4)
-    assert resolve_backend("auto", x, algorithm="paper2020") == "torch"
+    assert resolve_backend("auto", x, algorithm="paper2020") == "fused"
     for _ in range(3):
         tsslbp(x, **P, algorithm="paper2020")
-    assert messages(snn_log) == [
-        "backend: auto runs the torch reference on cpu: the fused kernels are unavailable: the c "
-        "kernels have no algorithm='paper2020' backward"
-    ]
+    assert messages(snn_log) == ["backend: auto runs the fused kernels on cpu"]
 
 
 def test_auto_logs_its_choice_and_each_fallback_reason_once(snn_log, monkeypatch):
@@ -536,22 +558,31 @@ def test_a_run_records_the_algorithm_and_the_backend_that_ran(tmp_path, snn_log)
     assert (summary["algorithm"], summary["backend_requested"], summary["backend"]) == (
         "paper2020",
         "auto",
-        "torch",
+        "fused",
     )
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["backend"] == "torch"
-    assert "backend: torch reference on cpu (backend=auto, algorithm=paper2020)" in messages(
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["backend"] == "fused"
+    assert "backend: fused C/OpenMP kernels on cpu (backend=auto, algorithm=paper2020)" in messages(
         snn_log
     )
     text = write_report(tmp_path / "run").read_text()
-    assert "TSSL-BP backward `paper2020`; backend that ran: `torch` (asked for `auto`)." in text
+    assert "TSSL-BP backward `paper2020`; backend that ran: `fused` (asked for `auto`)." in text
 
 
-def test_a_recipe_asking_fused_kernels_for_paper2020_is_refused_before_training():
+def test_a_recipe_asking_fused_kernels_for_paper2020_runs_them():
+    from efficientdl.snn.train import _log_backend
+
+    assert _log_backend(recipe("mnist_cnn_paper2020", backend="fused"), torch.device("cpu")) == (
+        "fused"
+    )
+
+
+@NO_INTERPRETER
+def test_a_recipe_asking_triton_kernels_on_the_cpu_is_refused_before_training():
     from efficientdl.snn.train import _log_backend
 
     with pytest.raises(ConfigError) as info:
-        _log_backend(recipe("mnist_cnn_paper2020", backend="fused"), torch.device("cpu"))
-    assert str(info.value) == (
-        "config key 'backend': backend='fused' is not available on cpu: the c kernels have no "
-        "algorithm='paper2020' backward"
+        _log_backend(recipe("mnist_cnn_paper2020", backend="triton"), torch.device("cpu"))
+    assert str(info.value).startswith(
+        "config key 'backend': backend='triton' is not available on cpu: "
     )
+    assert "\n" not in str(info.value)

@@ -1,6 +1,6 @@
 """The Triton kernels against the torch reference: forward bit-equal, backward within 1e-6
 (float32) / 1e-12 (float64) relative, and bit-equal to the C kernels (the same canonical
-arithmetic, no FMA contraction).
+arithmetic, no FMA contraction), both backwards.
 
 On the CPU they run in the Triton interpreter, in one child process started with
 TRITON_INTERPRET=1 (triton fixes the mode when it is imported); the comparisons are made here.
@@ -231,6 +231,7 @@ def _check_paper2020(name, got):
     assert got.shape == current.shape
     torch.testing.assert_close(got, expected, **TOL[current.dtype])
     assert (got != 0).any()
+    assert torch.equal(got, cpu_kernels.paper2020_backward(grad, ref.membrane, c))
 
 
 @pytest.mark.parametrize("name", PAPER2020_CASES)
@@ -292,22 +293,27 @@ def test_which_kernels_run_where():
     assert fused.kernels("cpu") == (cpu_kernels.forward, cpu_kernels.backward)
     assert fused.kernels() == (triton_kernels.forward, triton_kernels.backward)
     assert fused.available("mps") == (False, "no fused kernels for device type 'mps'")
-    assert fused.available("cpu", "fused", "paper2020") == (
+    assert fused.available("cpu", "fused", "paper2020") == (True, "")
+    assert fused.available("cpu", "fused", "tsslbp2") == (
         False,
-        "the c kernels have no algorithm='paper2020' backward",
+        "the c kernels have no algorithm='tsslbp2' backward",
     )
 
 
 def test_fused_backward_dispatches_on_device_backend_and_algorithm():
-    """On CPU tensors 'fused' is the C backward; the 2020 backward is the Triton kernels' only."""
+    """On CPU tensors 'fused' is the C backward of the neuron's algorithm."""
     current, grad = inputs("T5_tail")
     opts = options("T5_tail")
     membrane = lif_states(current, opts).membrane
     c = opts.constants()
     expected = cpu_kernels.backward(grad, membrane, c, opts.warmup_surrogate, opts.intra_neuron)
     assert torch.equal(fused.backward(grad, membrane, opts.replace(backend="fused")), expected)
-    with pytest.raises(fused.BackendUnavailableError, match="no algorithm='paper2020' backward"):
-        fused.backward(grad, membrane, PAPER2020.replace(backend="fused"))
+    c2020 = PAPER2020.constants()
+    membrane = lif_states(current, PAPER2020).membrane
+    expected = cpu_kernels.paper2020_backward(grad, membrane, c2020)
+    got = fused.backward(grad, membrane, PAPER2020.replace(backend="fused"))
+    assert torch.equal(got, expected)
+    assert not torch.equal(got, cpu_kernels.backward(grad, membrane, c2020, True, True))
 
 
 def _compiler():

@@ -6,6 +6,9 @@ contraction (`-ffp-contract=off`), so it is bit-equal to the torch reference.
 Per neuron block the recurrence over T runs with v, a (forward) and G, h (backward) in registers;
 the backward first writes the recomputed trace into its output buffer and overwrites it in the
 reverse pass, so nothing but the pre-reset membrane u is saved between forward and backward.
+The October 2020 backward (`snn.paper2020`) works the same way, its forward pass writing the
+reset effect d[t] and counting the layer's spikes (exactly, as integers) for its firing-rate
+switch, which is decided once for the whole call before the reverse pass.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from efficientdl.snn import fused
+from efficientdl.snn import fused, paper2020
 
 _EXP_NEG = string.Template(r"""
 static inline $real exp_neg_$suffix($real x) {
@@ -120,6 +123,39 @@ void tsslbp_backward_##SUFFIX(const REAL* restrict grad, const REAL* restrict me
         }                                                                                      \
         if (warm) BACKWARD_LOOP(REAL, SUFFIX, 1) else BACKWARD_LOOP(REAL, SUFFIX, 0)          \
     }                                                                                          \
+}                                                                                              \
+void tsslbp_paper2020_##SUFFIX(const REAL* restrict grad, const REAL* restrict mem,           \
+                               REAL* restrict out, int64_t T, int64_t M, REAL r_m, REAL r_s,   \
+                               REAL lam_s, REAL th, REAL rate_switch, REAL inv_du_clamp,       \
+                               REAL width, REAL clip, int threads) {                          \
+    int64_t fired = 0;                                                                         \
+    _Pragma("omp parallel for num_threads(threads) schedule(static) reduction(+:fired)")      \
+    for (int64_t i0 = 0; i0 < M; i0 += BLOCK) {                                                \
+        int64_t n = M - i0 < BLOCK ? M - i0 : BLOCK;                                           \
+        REAL r[BLOCK], count[BLOCK];                                                           \
+        for (int64_t j = 0; j < n; j++) { r[j] = 0; count[j] = 0; }                            \
+        for (int64_t t = 0; t < T; t++) {                                                      \
+            const REAL* restrict me = mem + t * M + i0;                                        \
+            REAL* restrict o = out + t * M + i0;                                               \
+            for (int64_t j = 0; j < n; j++) {                                                  \
+                REAL u = me[j];                                                                \
+                REAL d = -r_m * r[j];                                                          \
+                REAL decayed = r[j] + d;                                                       \
+                o[j] = u > th ? d : (REAL)0;                                                   \
+                r[j] = u > th ? -u : decayed;                                                  \
+                count[j] = count[j] + (u > th ? (REAL)1 : (REAL)0);                            \
+            }                                                                                  \
+        }                                                                                      \
+        for (int64_t j = 0; j < n; j++) fired += (int64_t)count[j];                            \
+    }                                                                                          \
+    int high = (REAL)fired / (REAL)(T * M) > rate_switch;                                      \
+    _Pragma("omp parallel for num_threads(threads) schedule(static)")                        \
+    for (int64_t i0 = 0; i0 < M; i0 += BLOCK) {                                                \
+        int64_t n = M - i0 < BLOCK ? M - i0 : BLOCK;                                           \
+        REAL G[BLOCK], next[BLOCK], zero[BLOCK];                                               \
+        for (int64_t j = 0; j < n; j++) { G[j] = 0; next[j] = 0; zero[j] = 0; }                \
+        if (high) PAPER2020_LOOP(REAL, SUFFIX, 1) else PAPER2020_LOOP(REAL, SUFFIX, 0)        \
+    }                                                                                          \
 }
 
 /* The reverse recurrence (B1-B4) for one block; WARM selects the surrogate (a loop-invariant
@@ -146,6 +182,38 @@ void tsslbp_backward_##SUFFIX(const REAL* restrict grad, const REAL* restrict me
                 o[j] = (WARM & (o[j] < theta)) ? surrogate : hj;                               \
                 G[j] = Gj;                                                                     \
                 h[j] = hj;                                                                     \
+            }                                                                                  \
+        }                                                                                      \
+    }
+
+/* The reverse pass of the 2020 backward for one block, `out` holding the reset effect d[t]
+   of the forward pass; HIGH is the layer's firing-rate switch (loop-invariant, as WARM). */
+#define PAPER2020_LOOP(REAL, SUFFIX, HIGH)                                                     \
+    {                                                                                          \
+        for (int64_t t = T - 1; t >= 0; t--) {                                                 \
+            const REAL* restrict me = mem + t * M + i0;                                        \
+            const REAL* restrict prev = t > 0 ? mem + (t - 1) * M + i0 : zero;                 \
+            const REAL* restrict g = grad + t * M + i0;                                        \
+            REAL* restrict o = out + t * M + i0;                                               \
+            for (int64_t j = 0; j < n; j++) {                                                  \
+                REAL u = me[j];                                                                \
+                REAL delta = g[j];                                                             \
+                REAL e = u > th ? next[j] : (REAL)0;                                           \
+                next[j] = u > th ? o[j] * delta : next[j];                                     \
+                REAL Gj = (delta + e) * r_s + lam_s * G[j];                                    \
+                G[j] = Gj;                                                                     \
+                if (HIGH) {                                                                    \
+                    REAL v_prev = prev[j] > th ? (REAL)0 : prev[j];                            \
+                    REAL inv = (REAL)1 / (u > th ? u - v_prev : (REAL)1);                      \
+                    inv = inv > inv_du_clamp ? inv_du_clamp : inv;                             \
+                    inv = inv < -inv_du_clamp ? -inv_du_clamp : inv; /* du > 0 at spikes */    \
+                    o[j] = u > th ? Gj * inv : (REAL)0;                                        \
+                } else {                                                                       \
+                    REAL z = (th - u) / width;                                                 \
+                    z = z > clip ? clip : (z < -clip ? -clip : z);                             \
+                    REAL f = exp_neg_##SUFFIX(z > 0 ? -z : z);  /* f/(1+f)² is even in z */     \
+                    o[j] = Gj * (f / (((REAL)1 + f) * ((REAL)1 + f) * width));                 \
+                }                                                                              \
             }                                                                                  \
         }                                                                                      \
     }
@@ -216,6 +284,9 @@ def library() -> ctypes.CDLL:
         bwd = getattr(lib, f"tsslbp_backward_{suffix}")
         bwd.argtypes = [ptr, ptr, ptr, i64, i64, *[real] * 9, i32, i32, i32]
         bwd.restype = None
+        bwd2020 = getattr(lib, f"tsslbp_paper2020_{suffix}")
+        bwd2020.argtypes = [ptr, ptr, ptr, i64, i64, *[real] * 8, i32]
+        bwd2020.restype = None
     return lib
 
 
@@ -274,6 +345,35 @@ def backward(grad: torch.Tensor, membrane: torch.Tensor, c: dict, warmup: bool, 
         c["max_inv_du"],
         int(warmup),
         int(intra),
+        torch.get_num_threads(),
+    )
+    return out.reshape(membrane.shape)
+
+
+def paper2020_backward(grad: torch.Tensor, membrane: torch.Tensor, c: dict) -> torch.Tensor:
+    """The October 2020 backward (`snn.paper2020.backward`) → ∂L/∂I, contiguous in the shape of
+    `membrane` [T, ...] (the saved pre-reset u, a float32/float64 CPU tensor; `grad` ∂L/∂a of the
+    same shape and dtype, any strides; `c` as `NeuronOptions.constants()`). The firing-rate
+    switch is `paper2020.high_rate` over the whole call: the spikes counted exactly, the rate and
+    its comparison in u's dtype."""
+    u = fused.time_major("membrane", membrane, ("cpu",))
+    g = fused.time_major("grad", grad, ("cpu",), like=u)
+    T, M = u.shape
+    out = torch.empty_like(u)
+    getattr(library(), f"tsslbp_paper2020_{_SUFFIX[u.dtype]}")(
+        g.data_ptr(),
+        u.data_ptr(),
+        out.data_ptr(),
+        T,
+        M,
+        c["r_m"],
+        c["r_s"],
+        c["lam_s"],
+        c["th"],
+        paper2020.RATE_SWITCH,
+        paper2020.INV_DU_CLAMP,
+        paper2020.SURROGATE_WIDTH,
+        paper2020.SURROGATE_CLIP,
         torch.get_num_threads(),
     )
     return out.reshape(membrane.shape)

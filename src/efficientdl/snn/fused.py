@@ -6,8 +6,7 @@ which tensors, whether it can run there (and why not), and the checks of their i
 - 'triton' on CPU tensors: the same Triton kernels in the Triton interpreter, only when
   TRITON_INTERPRET=1 is set (how CI checks them without a GPU).
 
-The Triton kernels have both backwards (`algorithm` 'tsslbp' and 'paper2020'), the C kernels
-'tsslbp' only.
+Both implementations have both backwards (`algorithm` 'tsslbp' and 'paper2020').
 
 Every implementation computes the canonical arithmetic of the torch reference (`functional`):
 forward bit-equal, backward equal up to rounding.
@@ -25,8 +24,8 @@ from efficientdl.snn.options import NeuronOptions
 DTYPES = (torch.float32, torch.float64)
 """The dtypes the kernels compute in (others are converted by the caller, `functional`)."""
 
-ALGORITHMS = {"c": ("tsslbp",), "triton": ("tsslbp", "paper2020")}
-"""The backwards (`NeuronOptions.algorithm`) each implementation has."""
+ALGORITHMS = ("tsslbp", "paper2020")
+"""The backwards (`NeuronOptions.algorithm`) the kernels have, C and Triton alike."""
 
 
 class KernelInputError(UserError, ValueError):
@@ -84,14 +83,20 @@ def implementation(device_type: str, backend: str = "fused") -> str:
     return "c" if device_type == "cpu" and backend != "triton" else "triton"
 
 
-def kernels(device_type: str = "cuda", backend: str = "fused"):
-    """(forward, backward) of the implementation `backend` runs on `device_type`: forward(current,
-    r_m, r_s, th) → (trace, membrane), backward(grad, membrane, c, warmup, intra) → ∂L/∂I
-    (`c` as `NeuronOptions.constants()`)."""
+def _module(device_type: str, backend: str):
+    """The kernel module (`cpu_kernels` or `triton_kernels`) `backend` runs on `device_type`."""
     if implementation(device_type, backend) == "c":
         from efficientdl.snn import cpu_kernels as module
     else:
         from efficientdl.snn import triton_kernels as module
+    return module
+
+
+def kernels(device_type: str = "cuda", backend: str = "fused"):
+    """(forward, backward) of the implementation `backend` runs on `device_type`: forward(current,
+    r_m, r_s, th) → (trace, membrane), backward(grad, membrane, c, warmup, intra) → ∂L/∂I
+    (`c` as `NeuronOptions.constants()`)."""
+    module = _module(device_type, backend)
     return module.forward, module.backward
 
 
@@ -126,7 +131,7 @@ def available(
     if device_type not in ("cpu", "cuda"):
         return False, f"no fused kernels for device type {device_type!r}"
     name = implementation(device_type, backend)
-    if algorithm not in ALGORITHMS[name]:
+    if algorithm not in ALGORITHMS:
         return False, f"the {name} kernels have no algorithm={algorithm!r} backward"
     if name == "triton" and device_type == "cpu":
         from efficientdl.snn import triton_kernels
@@ -141,13 +146,10 @@ def backward(grad: torch.Tensor, membrane: torch.Tensor, options: NeuronOptions)
     """∂L/∂I of the neuron `options` (its algorithm, on the kernels its backend runs on the
     membrane's device) from ∂L/∂a and the saved pre-reset membrane u, both [T, ...]."""
     device_type = membrane.device.type
-    name = implementation(device_type, options.backend)
-    c = options.constants()
-    if options.algorithm not in ALGORITHMS[name]:
+    if options.algorithm not in ALGORITHMS:
         raise BackendUnavailableError(available(device_type, options.backend, options.algorithm)[1])
+    module = _module(device_type, options.backend)
+    c = options.constants()
     if options.algorithm == "paper2020":
-        from efficientdl.snn import triton_kernels
-
-        return triton_kernels.paper2020_backward(grad, membrane, c)
-    kernel = kernels(device_type, options.backend)[1]
-    return kernel(grad, membrane, c, options.warmup_surrogate, options.intra_neuron)
+        return module.paper2020_backward(grad, membrane, c)
+    return module.backward(grad, membrane, c, options.warmup_surrogate, options.intra_neuron)

@@ -40,8 +40,11 @@ SURROGATE_CLIP = 8.0
 
 def high_rate(spikes: torch.Tensor, dtype: torch.dtype) -> bool:
     """The per-call switch: True if the fraction of (neuron, step) pairs that fired is above
-    RATE_SWITCH, computed as the official code does (a sum in `dtype` divided by the count)."""
-    return bool(spikes.sum(dtype=dtype) / spikes.numel() > RATE_SWITCH)
+    RATE_SWITCH. The spikes are counted exactly (an integer) and the count rounded once to
+    `dtype`; the division by the number of pairs and the comparison with RATE_SWITCH are in
+    `dtype`, as in the official code (whose sum in `dtype` is that count below 2^24 spikes in
+    float32, 2^53 in float64). The C kernels decide the same way."""
+    return bool(spikes.sum().to(dtype) / spikes.numel() > RATE_SWITCH)
 
 
 def backward(grad_trace: torch.Tensor, membrane: torch.Tensor, r_m, r_s, lam_s, th) -> torch.Tensor:
