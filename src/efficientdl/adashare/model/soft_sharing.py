@@ -170,13 +170,32 @@ class NDDRUnit(nn.Module):
 
 
 class _ColumnNet(SoftSharingNet):
-    """One trunk per task, a sharing unit after every stage."""
+    """One trunk per task, a sharing unit (`make_unit`) after every stage."""
 
-    def __init__(self, backbone, tasks, head, *, stem, in_channels, width) -> None:
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        tasks: Mapping[str, int] | None = None,
+        head: str = "light",
+        *,
+        stem: str = "deeplab",
+        in_channels: int = 3,
+        width: int = 64,
+        init_same: float = 0.9,
+    ) -> None:
         n = len(tasks or ())
         super().__init__(
             backbone, tasks, head, stem=stem, in_channels=in_channels, width=width, columns=n
         )
+        infos = self.trunks[0].block_info
+        self.units = nn.ModuleList(
+            self.make_unit(infos[stage[-1]].out_channels, init_same)
+            for stage in self.trunks[0].stages
+        )
+
+    def make_unit(self, channels: int, init_same: float) -> nn.Module:
+        """The sharing unit after a stage whose output has `channels` channels per column."""
+        raise NotImplementedError
 
     def stage_output(self, k: int, outs: list[torch.Tensor], last: bool) -> torch.Tensor:
         """What column `k` passes on from its stage's block outputs `outs`: the last one."""
@@ -201,21 +220,8 @@ class _ColumnNet(SoftSharingNet):
 class CrossStitchNet(_ColumnNet):
     """Cross-Stitch network: K task columns, a cross-stitch unit after every stage."""
 
-    def __init__(
-        self,
-        backbone: str = "resnet18",
-        tasks: Mapping[str, int] | None = None,
-        head: str = "light",
-        *,
-        stem: str = "deeplab",
-        in_channels: int = 3,
-        width: int = 64,
-        init_same: float = 0.9,
-    ) -> None:
-        super().__init__(backbone, tasks, head, stem=stem, in_channels=in_channels, width=width)
-        self.units = nn.ModuleList(
-            CrossStitchUnit(len(self.tasks), init_same) for _ in self.trunks[0].stages
-        )
+    def make_unit(self, channels: int, init_same: float) -> nn.Module:
+        return CrossStitchUnit(len(self.tasks), init_same)
 
 
 class SluiceNet(_ColumnNet):
@@ -238,12 +244,20 @@ class SluiceNet(_ColumnNet):
                 f"sluice splits every stage's channels into {SLUICE_SUBSPACES} subspaces: "
                 f"model.width must be even, got {width}"
             )
-        super().__init__(backbone, tasks, head, stem=stem, in_channels=in_channels, width=width)
-        self.units = nn.ModuleList(
-            SluiceUnit(len(self.tasks), init_same) for _ in self.trunks[0].stages
+        super().__init__(
+            backbone,
+            tasks,
+            head,
+            stem=stem,
+            in_channels=in_channels,
+            width=width,
+            init_same=init_same,
         )
         n_last = len(self.trunks[0].stages[-1])
         self.beta = nn.Parameter(torch.full((len(self.tasks), n_last), 1.0 / n_last))
+
+    def make_unit(self, channels: int, init_same: float) -> nn.Module:
+        return SluiceUnit(len(self.tasks), init_same)
 
     def stage_output(self, k: int, outs: list[torch.Tensor], last: bool) -> torch.Tensor:
         """Σ_l β_kl·(block l output) for the last stage; the last block's output otherwise."""
@@ -256,23 +270,8 @@ class NDDRNet(_ColumnNet):
     """NDDR-CNN: K task columns, an NDDR layer (concat → per-task 1×1 conv → BN → ReLU) after
     every stage."""
 
-    def __init__(
-        self,
-        backbone: str = "resnet18",
-        tasks: Mapping[str, int] | None = None,
-        head: str = "light",
-        *,
-        stem: str = "deeplab",
-        in_channels: int = 3,
-        width: int = 64,
-        init_same: float = 0.9,
-    ) -> None:
-        super().__init__(backbone, tasks, head, stem=stem, in_channels=in_channels, width=width)
-        infos = self.trunks[0].block_info
-        self.units = nn.ModuleList(
-            NDDRUnit(len(self.tasks), infos[stage[-1]].out_channels, init_same)
-            for stage in self.trunks[0].stages
-        )
+    def make_unit(self, channels: int, init_same: float) -> nn.Module:
+        return NDDRUnit(len(self.tasks), channels, init_same)
 
 
 def attention_module(in_channels: int, channels: int) -> nn.Sequential:
