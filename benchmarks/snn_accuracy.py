@@ -4,13 +4,15 @@
 
 For each run folder (written by `efficientdl snn train`): prints a Markdown row (model, dataset,
 seed, epochs done, final-epoch and best test accuracy, wall time) and writes the accuracy curve
-`<out-dir>/snn_accuracy_<model>.png` and `<out-dir>/snn_accuracy.json`.
+`<out-dir>/snn_accuracy_<model>_seed<seed>.png`; then, per network and dataset, the mean ± sample
+std over the seeds of the final-epoch and best accuracy; and `<out-dir>/snn_accuracy.json`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 from efficientdl.snn.report import plot_accuracy
@@ -39,6 +41,21 @@ def summarise(run_dir: Path) -> dict:
     }
 
 
+def _by_network(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """The rows grouped by (model, dataset), in first-seen order."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["dataset"]), []).append(r)
+    return groups
+
+
+def _mean_std(values: list[float]) -> str:
+    """'mean ± sample std' of `values` (the std needs two or more)."""
+    if len(values) < 2:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dirs", nargs="+", type=Path)
@@ -51,13 +68,23 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        png = args.out_dir / f"snn_accuracy_{r['model']}.png"
+        png = args.out_dir / f"snn_accuracy_{r['model']}_seed{r['seed']}.png"
         plot_accuracy(r["history"], png, title=f"{r['model']} on {r['dataset']}, seed {r['seed']}")
         print(
             f"| {r['model']} | {r['dataset']} | {r['seed']} | "
             f"{r['epochs_done']} of {r['epochs_planned']} | "
             f"{100 * r['final_test_accuracy']:.2f} | {100 * r['best_test_accuracy']:.2f} "
             f"({r['best_epoch']}) | {r['wall_hours']:.2f} h | {png.name} |"
+        )
+    print("\n| network | dataset | seeds | epochs | final-epoch test % | best test % |")
+    print("|---|---|---|---|---|---|")
+    for (model, dataset), group in _by_network(rows).items():
+        final = [100 * r["final_test_accuracy"] for r in group]
+        best = [100 * r["best_test_accuracy"] for r in group]
+        epochs = sorted({r["epochs_done"] for r in group})
+        print(
+            f"| {model} | {dataset} | {len(group)} | {', '.join(map(str, epochs))} | "
+            f"{_mean_std(final)} | {_mean_std(best)} |"
         )
     out = args.out_dir / "snn_accuracy.json"
     out.write_text(json.dumps(rows, indent=2))
