@@ -294,7 +294,8 @@ def _write_run(run_dir, model: str, **fields):
     torch.manual_seed(5)
     net = build_network(r)
     run_dir.mkdir()
-    save_checkpoint(run_dir / CHECKPOINT, {"recipe": to_dict(r), "model": net.state_dict()})
+    state = {"recipe": to_dict(r), "model": net.state_dict(), "seed": r.seed, "epoch": 0}
+    save_checkpoint(run_dir / CHECKPOINT, state)
     return net
 
 
@@ -317,6 +318,18 @@ def test_cli_export_writes_a_graph_that_imports_back(nir, tmp_path, capsys):
     _assert_same_network(net.eval(), import_nir(tmp_path / "net.nir").eval())
     bad = tmp_path / "missing_folder" / "net.nir"
     assert_one_error(_export(capsys, tmp_path / "run", bad), "cannot write --out", str(bad))
+
+
+def test_cli_export_of_a_checkpoint_that_does_not_fit_is_one_error_line(nir, tmp_path, capsys):
+    from efficientdl.core import load_checkpoint, save_checkpoint
+    from efficientdl.snn.train import CHECKPOINT
+
+    _write_run(tmp_path / "run", "fmnist_mlp", T=4)
+    state = load_checkpoint(tmp_path / "run" / CHECKPOINT)
+    state["model"] = {k: v[..., :1] for k, v in state["model"].items()}  # wrong shapes
+    save_checkpoint(tmp_path / "run" / CHECKPOINT, state)
+    proc = _export(capsys, tmp_path / "run", tmp_path / "net.nir")
+    assert_one_error(proc, "does not match the checkpoint in", str(tmp_path / "run"))
 
 
 def test_cli_export_of_a_missing_run_is_one_error_line(nir, tmp_path, capsys):

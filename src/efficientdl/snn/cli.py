@@ -222,19 +222,12 @@ def _bench(args) -> int:
 
 
 def _export(args) -> int:
-    from pathlib import Path
-
-    from efficientdl.core import from_dict, load_checkpoint
     from efficientdl.core.registry import get
-    from efficientdl.snn.config import TSSLBPRecipe
     from efficientdl.snn.nir_io import export_nir, require_nir
-    from efficientdl.snn.train import CHECKPOINT, build_network
+    from efficientdl.snn.train import load_network
 
     nir = require_nir()
-    state = load_checkpoint(Path(args.run_dir) / CHECKPOINT)
-    recipe = from_dict(TSSLBPRecipe, state["recipe"]).validate()
-    net = build_network(recipe)
-    net.load_state_dict(state["model"])
+    recipe, net = load_network(args.run_dir)
     shape = get("snn", recipe.model).input_shape
     graph = export_nir(net, shape, dt=args.dt, fold_pool_scale=args.fold_pool_scale)
     try:

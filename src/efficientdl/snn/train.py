@@ -492,10 +492,18 @@ def fit(
 
 
 def load_run(run_dir=None, *, recipe: TSSLBPRecipe | None = None, overrides=(), state=None):
-    """(recipe, network, (train, test)) of a run folder's checkpoint: its saved recipe with
-    `overrides`, or `recipe` (which must be for the same model); without `run_dir` the network of
-    `recipe` as initialised. With `run_dir`, the recipe's seed is the run's (it picks the seeded
-    test subset the run evaluated on). `state`: the checkpoint, if the caller has read it."""
+    """(recipe, network, (train, test)) of a run folder's checkpoint: `load_network` and the
+    recipe's datasets."""
+    recipe, net = load_network(run_dir, recipe=recipe, overrides=overrides, state=state)
+    return recipe, net, _load_data(recipe, recipe.data_root)
+
+
+def load_network(run_dir=None, *, recipe: TSSLBPRecipe | None = None, overrides=(), state=None):
+    """(recipe, network) of a run folder's checkpoint: its saved recipe with `overrides`, or
+    `recipe` (which must be for the same model); without `run_dir` the network of `recipe` as
+    initialised. With `run_dir`, the recipe's seed is the run's (it picks the seeded test subset
+    the run evaluated on). `state`: the checkpoint, if the caller has read it. A checkpoint that
+    does not fit the network is a ConfigError naming the folder."""
     from efficientdl.core.config import apply_overrides, from_dict
 
     if state is None and run_dir is not None:
@@ -522,7 +530,7 @@ def load_run(run_dir=None, *, recipe: TSSLBPRecipe | None = None, overrides=(), 
                 f"{run_dir}: {why}"
             ) from None
         log.info("loaded %s (epoch %d)", Path(run_dir) / CHECKPOINT, state["epoch"])
-    return recipe, net, _load_data(recipe, recipe.data_root)
+    return recipe, net
 
 
 def eval_indices(recipe: TSSLBPRecipe, test_set) -> torch.Tensor:
