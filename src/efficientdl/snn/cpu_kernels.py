@@ -320,34 +320,27 @@ def forward(current: torch.Tensor, r_m: float, r_s: float, th: float):
     return trace.reshape(current.shape), membrane.reshape(current.shape)
 
 
-def backward(grad: torch.Tensor, membrane: torch.Tensor, c: dict, warmup: bool, intra: bool):
-    """Fused TSSL-BP backward (B1-B4 of `functional.tsslbp_backward`) → ∂L/∂I, contiguous in the
-    shape of `membrane` [T, ...] (the saved pre-reset u, a float32/float64 CPU tensor; `grad`
-    ∂L/∂a of the same shape and dtype, any strides; `c` as `NeuronOptions.constants()`)."""
+def _backward_kernel(kernel: str, grad: torch.Tensor, membrane: torch.Tensor, *constants):
+    """Run the C backward `kernel` (its float32/float64 twin) on the [T, M] views of `grad` and
+    `membrane` with the scalar `constants`; ∂L/∂I contiguous in the shape of `membrane`."""
     u = fused.time_major("membrane", membrane, ("cpu",))
     g = fused.time_major("grad", grad, ("cpu",), like=u)
     T, M = u.shape
     out = torch.empty_like(u)
-    getattr(library(), f"tsslbp_backward_{_SUFFIX[u.dtype]}")(
-        g.data_ptr(),
-        u.data_ptr(),
-        out.data_ptr(),
-        T,
-        M,
-        c["r_m"],
-        c["r_s"],
-        c["lam_m"],
-        c["lam_s"],
-        c["th"],
-        c["theta"],
-        c["inv_w"],
-        c["clip"],
-        c["max_inv_du"],
-        int(warmup),
-        int(intra),
-        torch.get_num_threads(),
+    getattr(library(), f"{kernel}_{_SUFFIX[u.dtype]}")(
+        g.data_ptr(), u.data_ptr(), out.data_ptr(), T, M, *constants, torch.get_num_threads()
     )
     return out.reshape(membrane.shape)
+
+
+def backward(grad: torch.Tensor, membrane: torch.Tensor, c: dict, warmup: bool, intra: bool):
+    """Fused TSSL-BP backward (B1-B4 of `functional.tsslbp_backward`) → ∂L/∂I, contiguous in the
+    shape of `membrane` [T, ...] (the saved pre-reset u, a float32/float64 CPU tensor; `grad`
+    ∂L/∂a of the same shape and dtype, any strides; `c` as `NeuronOptions.constants()`)."""
+    keys = ("r_m", "r_s", "lam_m", "lam_s", "th", "theta", "inv_w", "clip", "max_inv_du")
+    return _backward_kernel(
+        "tsslbp_backward", grad, membrane, *(c[k] for k in keys), int(warmup), int(intra)
+    )
 
 
 def paper2020_backward(grad: torch.Tensor, membrane: torch.Tensor, c: dict) -> torch.Tensor:
@@ -356,24 +349,13 @@ def paper2020_backward(grad: torch.Tensor, membrane: torch.Tensor, c: dict) -> t
     same shape and dtype, any strides; `c` as `NeuronOptions.constants()`). The firing-rate
     switch is `paper2020.high_rate` over the whole call: the spikes counted exactly, the rate and
     its comparison in u's dtype."""
-    u = fused.time_major("membrane", membrane, ("cpu",))
-    g = fused.time_major("grad", grad, ("cpu",), like=u)
-    T, M = u.shape
-    out = torch.empty_like(u)
-    getattr(library(), f"tsslbp_paper2020_{_SUFFIX[u.dtype]}")(
-        g.data_ptr(),
-        u.data_ptr(),
-        out.data_ptr(),
-        T,
-        M,
-        c["r_m"],
-        c["r_s"],
-        c["lam_s"],
-        c["th"],
+    return _backward_kernel(
+        "tsslbp_paper2020",
+        grad,
+        membrane,
+        *(c[k] for k in ("r_m", "r_s", "lam_s", "th")),
         paper2020.RATE_SWITCH,
         paper2020.INV_DU_CLAMP,
         paper2020.SURROGATE_WIDTH,
         paper2020.SURROGATE_CLIP,
-        torch.get_num_threads(),
     )
-    return out.reshape(membrane.shape)
