@@ -1,8 +1,9 @@
-"""Aggregate AdaShare run folders (one per seed) into a Markdown table: every test metric as
-mean ± std over seeds per arm, Δ_T against each seed's single-task baseline, Δ_T of AdaShare
-against hard sharing, parameters, GFLOPs and the learned policies.
+"""Aggregate AdaShare run folders (one per seed) into a Markdown table and a JSON file: every test
+metric as mean ± std over seeds per arm, Δ_T against each seed's single-task baseline, the paired
+difference of every arm's Δ_T against hard sharing's (seed by seed), parameters, GFLOPs, the
+learned policies and whether each search converged (final τ, select-probability histogram).
 
-    python benchmarks/adashare_table.py runs/adashare_p5/seed_* --out benchmarks/results_adashare.md
+    python benchmarks/adashare_table.py runs/adashare_p5/seed_* --out results.md --json results.json
 """
 
 from __future__ import annotations
@@ -17,95 +18,194 @@ from efficientdl.adashare.config import ABLATIONS, BASELINES
 from efficientdl.adashare.objectives.metrics import DELTA_METRICS, delta_t
 
 ARMS = (*BASELINES, "adashare", *ABLATIONS)  # columns where a seed ran them
+SEARCHED = ("adashare", *ABLATIONS)  # arms with a policy search of their own
+HARD = "multi_task"
+
+
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def arm_folder(folder: Path, arm: str) -> Path:
+    """Where `arm` of one seed's run folder keeps its results (AdaShare: the folder itself)."""
+    return folder if arm == "adashare" else folder / "baselines" / arm
 
 
 def load_runs(folder: Path) -> dict:
     """{arm: result} of one seed's run folder (AdaShare, finished baselines and ablations)."""
     runs = {}
-    ada = folder / "adashare_result.json"
-    if ada.is_file():
-        runs["adashare"] = json.loads(ada.read_text())
-    for arm in (a for a in ARMS if a != "adashare"):
-        path = folder / "baselines" / arm / "result.json"
-        if path.is_file():
-            result = json.loads(path.read_text())
-            if "test" in result:
-                runs[arm] = result
+    for arm in ARMS:
+        name = "adashare_result.json" if arm == "adashare" else "result.json"
+        result = read_json(arm_folder(folder, arm) / name)
+        if result is not None and "test" in result:
+            runs[arm] = result
     return runs
+
+
+def load_searches(folder: Path) -> dict:
+    """{arm: search/done.json} of the arms with a finished search."""
+    done = {a: read_json(arm_folder(folder, a) / "search" / "done.json") for a in SEARCHED}
+    return {a: d for a, d in done.items() if d is not None}
 
 
 def fmt(values) -> str:
     arr = np.asarray(values, dtype=np.float64)
+    if len(arr) == 0:
+        return "—"
     if len(arr) == 1:
         return f"{arr[0]:.4g}"
     return f"{arr.mean():.4g} ± {arr.std(ddof=1):.2g}"
 
 
-def build(folders: list[Path], preset: str) -> str:
+def policy_strings(policy: dict) -> dict:
+    """{task: '10110111'}: the blocks a task executes (1) or skips (0), input to output."""
+    return {
+        t: "".join("1" if e else "0" for e in row)
+        for t, row in zip(policy["tasks"], policy["execute"])
+    }
+
+
+def summarize(folders: list[Path], preset: str) -> dict:
+    """Every number of the table, per seed and aggregated, as one JSON-ready dict."""
     seeds = {f.name: load_runs(f) for f in folders}
+    searches = {f.name: load_searches(f) for f in folders}
     arms = [a for a in ARMS if any(a in r for r in seeds.values())]
-    hib_all = DELTA_METRICS[preset]
     first = next(r for r in seeds.values() if r)
     tasks = list(next(iter(first.values()))["test"])
-    hib = {t: hib_all[t] for t in tasks}
-    lines = ["| task | metric | " + " | ".join(arms) + " |", "|---|---|" + "---|" * len(arms)]
-    metrics = [(t, m) for t in tasks for m in first[arms[0]]["test"][t] if m != "loss"]
-    for t, m in metrics:
-        arrow = "" if m not in hib[t] else (" ↑" if hib[t][m] else " ↓")
-        cells = [fmt([r[a]["test"][t][m] for r in seeds.values() if a in r]) for a in arms]
-        lines.append(f"| {t} | {m}{arrow} | " + " | ".join(cells) + " |")
-    per_seed = {a: [] for a in arms}
-    vs_hard = []
-    for runs in seeds.values():
-        if "single_task" not in runs:
-            continue
-        for a in arms:
-            if a in runs:
-                per_seed[a].append(delta_t(runs[a]["test"], runs["single_task"]["test"], hib))
-        if "adashare" in runs and "multi_task" in runs:
-            vs_hard.append(delta_t(runs["adashare"]["test"], runs["multi_task"]["test"], hib))
-    for t in tasks:
-        cells = [fmt([d["per_task"][t] for d in per_seed[a]]) if per_seed[a] else "—" for a in arms]
-        lines.append(f"| {t} | Δ_{t} % vs single-task ↑ | " + " | ".join(cells) + " |")
-    cells = [fmt([d["delta_t"] for d in per_seed[a]]) if per_seed[a] else "—" for a in arms]
-    lines.append("| all | **Δ_T % vs single-task** ↑ | " + " | ".join(cells) + " |")
-    for key, label in (("total", "params"), ("backbone_units", "#params in backbone units")):
-        cells = [fmt([r[a]["params"][key] for r in seeds.values() if a in r]) for a in arms]
-        lines.append(f"| all | {label} | " + " | ".join(cells) + " |")
-    cells = [
-        fmt([r[a]["flops"]["flops_shared"] / 1e9 for r in seeds.values() if a in r]) for a in arms
-    ]
-    lines.append("| all | GFLOPs / image (shared prefixes once) | " + " | ".join(cells) + " |")
+    hib = {t: DELTA_METRICS[preset][t] for t in tasks}
+    per_arm = {}
+    for arm in arms:
+        rows = {s: r for s, r in seeds.items() if arm in r}
+        vs_single = {
+            s: delta_t(r[arm]["test"], r["single_task"]["test"], hib)
+            for s, r in rows.items()
+            if "single_task" in r
+        }
+        paired = {
+            s: d["delta_t"]
+            - delta_t(rows[s][HARD]["test"], rows[s]["single_task"]["test"], hib)["delta_t"]
+            for s, d in vs_single.items()
+            if HARD in rows[s]
+        }
+        per_arm[arm] = {
+            "seeds": list(rows),
+            "test": {s: r[arm]["test"] for s, r in rows.items()},
+            "delta_t_vs_single_task": {s: d["delta_t"] for s, d in vs_single.items()},
+            "delta_per_task_vs_single_task": {s: d["per_task"] for s, d in vs_single.items()},
+            "delta_t_minus_hard_sharing": paired,
+            "params": {s: r[arm]["params"]["total"] for s, r in rows.items()},
+            "backbone_units": {s: r[arm]["params"]["backbone_units"] for s, r in rows.items()},
+            "gflops": {s: r[arm]["flops"]["flops_shared"] / 1e9 for s, r in rows.items()},
+            "policies": {
+                s: policy_strings(r[arm]["policy"]) for s, r in rows.items() if "policy" in r[arm]
+            },
+        }
+    ada = {s: r["adashare"] for s, r in seeds.items() if "adashare" in r}
+    return {
+        "preset": preset,
+        "tasks": tasks,
+        "metrics": {t: [m for m in first[arms[0]]["test"][t] if m != "loss"] for t in tasks},
+        "higher_is_better": hib,
+        "arms": per_arm,
+        "searches": searches,
+        "adashare_selection": {
+            s: {
+                "selected": a["selected"],
+                "val_scores": a["val_scores"],
+                "num_executed": a["num_executed"],
+                "test_mean_over_samples": a.get("test_mean"),
+            }
+            for s, a in ada.items()
+        },
+    }
+
+
+def _row(label: str, cells) -> str:
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
+def markdown(summary: dict) -> str:
+    """The Markdown table and the per-seed lines of `summarize`'s result."""
+    arms, hib = summary["arms"], summary["higher_is_better"]
+    names = list(arms)
+    lines = ["| task | metric | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for t, metrics in summary["metrics"].items():
+        for m in metrics:
+            arrow = "" if m not in hib[t] else (" ↑" if hib[t][m] else " ↓")
+            cells = [fmt([v[t][m] for v in arms[a]["test"].values()]) for a in names]
+            lines.append(_row(f"{t} | {m}{arrow}", cells))
+    for t in summary["tasks"]:
+        cells = [
+            fmt([d[t] for d in arms[a]["delta_per_task_vs_single_task"].values()]) for a in names
+        ]
+        lines.append(_row(f"{t} | Δ_{t} % vs single-task ↑", cells))
+    keyed = (
+        ("delta_t_vs_single_task", "**Δ_T % vs single-task** ↑"),
+        ("delta_t_minus_hard_sharing", "**Δ_T − hard sharing's Δ_T** (paired by seed) ↑"),
+        ("params", "params"),
+        ("backbone_units", "#params in backbone units"),
+        ("gflops", "GFLOPs / image (shared prefixes once)"),
+    )
+    for key, label in keyed:
+        lines.append(_row(f"all | {label}", [fmt(list(arms[a][key].values())) for a in names]))
     out = ["\n".join(lines), ""]
-    if vs_hard:
-        each = ", ".join(f"{d['delta_t']:+.2f}" for d in vs_hard)
+    for a in names:
+        paired = arms[a]["delta_t_minus_hard_sharing"]
+        if a != HARD and paired:
+            each = ", ".join(f"{s} {v:+.2f}" for s, v in paired.items())
+            out.append(f"- {a} − hard sharing, Δ_T points: {fmt(list(paired.values()))} ({each})")
+    if "adashare" in arms and "mtan" in arms:
+        both = [
+            s
+            for s in arms["adashare"]["delta_t_vs_single_task"]
+            if s in arms["mtan"]["delta_t_vs_single_task"]
+        ]
+        diff = [
+            arms["adashare"]["delta_t_vs_single_task"][s]
+            - arms["mtan"]["delta_t_vs_single_task"][s]
+            for s in both
+        ]
         out.append(
-            f"Δ_T of AdaShare against hard sharing (per seed, then mean ± std): "
-            f"{fmt([d['delta_t'] for d in vs_hard])} % "
-            f"(per seed: {each})."
+            f"- adashare − mtan, Δ_T points: {fmt(diff)} ({', '.join(f'{d:+.2f}' for d in diff)})"
         )
-        out.append("")
-    for name, runs in seeds.items():
-        if "adashare" in runs:
-            ada = runs["adashare"]
-            scores = ", ".join(f"{s:+.2f}" for s in ada["val_scores"])
+    out.append("")
+    out.append(
+        "Searches (final policy-phase τ; share of the select probabilities within 0.1 of 0 or 1;"
+        " their counts in 10 bins of [0, 1]):"
+    )
+    out.append("")
+    for seed, found in summary["searches"].items():
+        for arm, d in found.items():
+            h = d["select_histogram"]
             out.append(
-                f"- {name}: selected sample {ada['selected']} (validation Δ_T {scores}); executed "
-                f"blocks {ada['num_executed']} of {len(ada['policy']['execute'][0])}; picture "
-                f"`{Path(folders[0]).parent / name / 'policy.png'}`"
+                f"- {seed} {arm}: {d['cycles']} cycles, τ {d['last_policy_tau']:.3g}, "
+                f"{100 * h['decided_fraction']:.0f} % decided, histogram {h['counts']}"
             )
+    out.append("")
+    for seed, sel in summary["adashare_selection"].items():
+        scores = ", ".join(f"{s:+.2f}" for s in sel["val_scores"])
+        policy = arms["adashare"]["policies"].get(seed, {})
+        shown = ", ".join(f"{t} {p}" for t, p in policy.items())
+        out.append(
+            f"- {seed}: selected sample {sel['selected']} of {len(sel['val_scores'])} (validation "
+            f"scores {scores}); policy (1 = execute, input → output) {shown}"
+        )
     return "\n".join(out) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path)
-    parser.add_argument("--preset", default="procedural")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--preset", default="procedural", choices=sorted(DELTA_METRICS))
+    parser.add_argument("--out", type=Path, default=None, help="write the Markdown here too")
+    parser.add_argument("--json", type=Path, default=None, help="write every number here")
     args = parser.parse_args()
-    text = build(sorted(args.folders), args.preset)
+    summary = summarize(sorted(args.folders), args.preset)
+    text = markdown(summary)
     if args.out:
         args.out.write_text(text)
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=1) + "\n")
     print(text)
 
 

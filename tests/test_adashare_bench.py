@@ -110,3 +110,53 @@ def test_gpu_speed_targets():
     }
     res["main"]["tree_inference"] = row(34.0, 1200.0)  # 34 / 31 = 1.097 > 1.091
     assert _met(res, "fp32")[overhead] is False
+
+
+adashare_table = _script("adashare_table")
+
+
+def _arm(folder: Path, left: float, right: float, *, name="result.json", **extra) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    result = {
+        "test": {"left": {"acc": left, "loss": 0.1}, "right": {"acc": right, "loss": 0.1}},
+        "params": {"total": 100, "backbone_units": 1},
+        "flops": {"flops_shared": 2e9},
+    } | extra
+    (folder / name).write_text(json.dumps(result))
+
+
+def test_table_pairs_every_arm_with_hard_sharing_seed_by_seed(tmp_path):
+    # two seeds; hand-computed Δ_T (mean over tasks of the relative accuracy change, in %)
+    accs = {
+        "seed_a": {"st": (50, 40), "mt": (55, 40), "ada": (50, 44), "mtan": (45, 40)},
+        "seed_b": {"st": (80, 80), "mt": (80, 72), "ada": (88, 80), "mtan": (80, 80)},
+    }
+    policy = {"tasks": ["left", "right"], "execute": [[1, 0, 1], [0, 1, 1]]}
+    for seed, a in accs.items():
+        root = tmp_path / seed
+        _arm(root / "baselines" / "single_task", *a["st"])
+        _arm(root / "baselines" / "multi_task", *a["mt"])
+        _arm(root / "baselines" / "mtan", *a["mtan"])
+        _arm(root, *a["ada"], name="adashare_result.json", policy=policy, selected=1,
+             val_scores=[0.5, 1.5], num_executed={"left": 2, "right": 2})  # fmt: skip
+        (root / "search").mkdir()
+        hist = {"counts": [3, 0, 0, 0, 0, 0, 0, 0, 0, 3], "decided_fraction": 1.0}
+        done = {"cycles": 30, "last_policy_tau": 0.02, "select_histogram": hist}
+        (root / "search" / "done.json").write_text(json.dumps(done))
+    summary = adashare_table.summarize(sorted(tmp_path.iterdir()), "mnist")
+    arms = summary["arms"]
+    assert list(arms) == ["single_task", "multi_task", "mtan", "adashare"]
+    # seed_a: hard sharing (+10 + 0)/2 = +5, AdaShare (0 + 10)/2 = +5; seed_b: −5 and +5
+    assert arms["multi_task"]["delta_t_vs_single_task"] == pytest.approx(
+        {"seed_a": 5, "seed_b": -5}
+    )
+    assert arms["adashare"]["delta_t_minus_hard_sharing"] == pytest.approx(
+        {"seed_a": 0, "seed_b": 10}
+    )
+    assert arms["mtan"]["delta_t_minus_hard_sharing"] == pytest.approx({"seed_a": -10, "seed_b": 5})
+    assert arms["adashare"]["policies"]["seed_a"] == {"left": "101", "right": "011"}
+    text = adashare_table.markdown(summary)
+    paired = "| all | **Δ_T − hard sharing's Δ_T** (paired by seed) ↑ |"
+    assert f"{paired} 0 ± 7.1 | 0 ± 0 | -2.5 ± 11 | 5 ± 7.1 |" in text
+    assert "- adashare − mtan, Δ_T points: 7.5 ± 3.5 (+10.00, +5.00)" in text
+    assert "seed_a adashare: 30 cycles, τ 0.02, 100 % decided" in text

@@ -13,6 +13,7 @@ from PIL import Image
 from efficientdl.adashare.config import AdaShareConfig
 from efficientdl.adashare.phases import build_data
 from efficientdl.core.config import from_dict
+from efficientdl.core.errors import ConfigError
 from efficientdl.data import CityScapes, MultiMNIST, NYUv2, Taskonomy
 from efficientdl.data.cache import DatasetFormatError, DatasetNotFoundError
 
@@ -477,3 +478,19 @@ def test_trainer_on_multi_mnist_classification(tmp_path, sources):
     assert tr.build_model().stem[0].in_channels == 1
     done = tr.run_baseline("multi_task")
     assert set(done["test"]) == {"left", "right"} and 0 <= done["test"]["left"]["acc"] <= 100
+
+
+def test_multi_mnist_num_fields_take_the_first_pairs(sources):
+    from efficientdl.data.dense_tasks import dense_splits
+
+    data = {"dataset": "multi_mnist", "tasks": ["left", "right"]}
+    cfg = _tiny(data | {"num_train": 40, "num_val": 12, "num_test": 7}, head="linear", stem="cifar")
+    splits = dense_splits(cfg)
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [40, 12, 7]
+    assert len(splits["train1"]) + len(splits["train2"]) == 40
+    full = MultiMNIST(None, "test", variant="mnist", seed=cfg.data.split_seed)
+    for i in (0, 6):
+        np.testing.assert_array_equal(splits["test"][i]["image"], full[i]["image"])
+    cfg = _tiny(data | {"num_test": 10_001}, head="linear", stem="cifar")
+    with pytest.raises(ConfigError, match=r"'data.num_test': 10001 not in 1..10000"):
+        dense_splits(cfg)

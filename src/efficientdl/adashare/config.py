@@ -21,8 +21,9 @@ ABLATIONS = {
 
 @dataclass
 class DataConfig:
-    """Dataset, tasks and splits. `size`/`num_*`/`scene_seed` are for the procedural scenes;
-    `variant` for Multi-MNIST; `crop` [h, w] and `augment` for the training augmentation;
+    """Dataset, tasks and splits. `size`/`scene_seed` are for the procedural scenes; `num_*`
+    size the procedural splits and cut Multi-MNIST's to their first pairs; `variant` for
+    Multi-MNIST; `crop` [h, w] and `augment` for the training augmentation;
     `class_weights: false` trains Taskonomy seg unweighted instead of requiring its prior file.
     `dataset: custom` marks a run of your own tasks and datasets, given through the API."""
 

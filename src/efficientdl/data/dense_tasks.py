@@ -29,10 +29,28 @@ def procedural(*, data, parity) -> dict:
     }
 
 
+def first(dataset, num: int | None, key: str):
+    """The first `num` items of `dataset` (all when `num` is None); `key` names the config field
+    in the error when the dataset is smaller."""
+    if num is None:
+        return dataset
+    if not 0 < num <= len(dataset):
+        raise ConfigError(f"config key '{key}': {num} not in 1..{len(dataset)} (the split's size)")
+    return Subset(dataset, np.arange(num))
+
+
 @register("dataset", "multi_mnist", doc="Multi-MNIST (left/right digit classification); splits")
 def multi_mnist(*, data, parity) -> dict:
-    """{train, val, test} of Multi-MNIST `data.variant`, split by `data.split_seed`."""
-    return {s: MultiMNIST(data.root, s, variant=data.variant, seed=data.split_seed) for s in SPLITS}
+    """{train, val, test} of Multi-MNIST `data.variant`, split by `data.split_seed`; the first
+    `data.num_*` pairs of each split when they are set."""
+    return {
+        s: first(
+            MultiMNIST(data.root, s, variant=data.variant, seed=data.split_seed),
+            getattr(data, f"num_{s}"),
+            f"data.num_{s}",
+        )
+        for s in SPLITS
+    }
 
 
 @register("dataset", "nyu_v2", doc="NYU-v2 (seg, normal, depth); splits")
