@@ -48,6 +48,12 @@ def load_searches(folder: Path) -> dict:
     return {a: d for a, d in done.items() if d is not None}
 
 
+def sample_deltas(folder: Path, single_task: dict, hib: dict) -> list[float]:
+    """Δ_T of every re-trained sample of a search (retrain/sample_*/test.json), selected or not."""
+    tests = [read_json(p) for p in sorted((folder / "retrain").glob("sample_*/test.json"))]
+    return [delta_t(t, single_task, hib)["delta_t"] for t in tests]
+
+
 def fmt(values) -> str:
     arr = np.asarray(values, dtype=np.float64)
     if len(arr) == 0:
@@ -100,6 +106,12 @@ def summarize(folders: list[Path], preset: str) -> dict:
                 s: policy_strings(r[arm]["policy"]) for s, r in rows.items() if "policy" in r[arm]
             },
         }
+        if arm in SEARCHED:
+            per_arm[arm]["every_sample_delta_t_vs_single_task"] = {
+                s: sample_deltas(arm_folder(f, arm), rows[s]["single_task"]["test"], hib)
+                for f in folders
+                if (s := f.name) in vs_single
+            }
     ada = {s: r["adashare"] for s, r in seeds.items() if "adashare" in r}
     return {
         "preset": preset,
@@ -168,6 +180,16 @@ def markdown(summary: dict) -> str:
         out.append(
             f"- adashare − mtan, Δ_T points: {fmt(diff)} ({', '.join(f'{d:+.2f}' for d in diff)})"
         )
+    for a in names:
+        samples = {
+            s: v for s, v in arms[a].get("every_sample_delta_t_vs_single_task", {}).items() if v
+        }
+        if samples:
+            each = "; ".join(f"{s} {fmt(v)} (n = {len(v)})" for s, v in samples.items())
+            flat = [x for v in samples.values() for x in v]
+            out.append(
+                f"- {a}, every re-trained sample (selected or not), Δ_T %: {fmt(flat)}; {each}"
+            )
     out.append("")
     out.append(
         "Searches (final policy-phase τ; share of the select probabilities within 0.1 of 0 or 1;"

@@ -139,6 +139,11 @@ def test_table_pairs_every_arm_with_hard_sharing_seed_by_seed(tmp_path):
         _arm(root / "baselines" / "mtan", *a["mtan"])
         _arm(root, *a["ada"], name="adashare_result.json", policy=policy, selected=1,
              val_scores=[0.5, 1.5], num_executed={"left": 2, "right": 2})  # fmt: skip
+        for i, (left, right) in enumerate([a["ada"], (60, 40)]):  # selected and another
+            sample = root / "retrain" / f"sample_{i:02d}"
+            sample.mkdir(parents=True)
+            test = {"left": {"acc": left}, "right": {"acc": right}}
+            (sample / "test.json").write_text(json.dumps(test))
         (root / "search").mkdir()
         hist = {"counts": [3, 0, 0, 0, 0, 0, 0, 0, 0, 3], "decided_fraction": 1.0}
         done = {"cycles": 30, "last_policy_tau": 0.02, "select_histogram": hist}
@@ -160,3 +165,6 @@ def test_table_pairs_every_arm_with_hard_sharing_seed_by_seed(tmp_path):
     assert f"{paired} 0 ± 7.1 | 0 ± 0 | -2.5 ± 11 | 5 ± 7.1 |" in text
     assert "- adashare − mtan, Δ_T points: 7.5 ± 3.5 (+10.00, +5.00)" in text
     assert "seed_a adashare: 30 cycles, τ 0.02, 100 % decided" in text
+    # every sample: seed_a +5 and (+20 + 0)/2 = +10; seed_b +5 and (−25 − 50)/2 = −37.5
+    samples = arms["adashare"]["every_sample_delta_t_vs_single_task"]
+    assert samples == {"seed_a": pytest.approx([5, 10]), "seed_b": pytest.approx([5, -37.5])}
