@@ -2,9 +2,9 @@
 
     python benchmarks/snn_accuracy.py RUN_DIR [RUN_DIR ...] [--out-dir benchmarks]
 
-For each run folder (written by `efficientdl snn train`): prints a Markdown row (model, dataset,
+For each run folder (written by `efficientdl snn train`): prints a Markdown row (recipe, dataset,
 seed, epochs done, final-epoch and best test accuracy, wall time) and writes the accuracy curve
-`<out-dir>/snn_accuracy_<model>_seed<seed>.png`; then, per network and dataset, the mean ± sample
+`<out-dir>/snn_accuracy_<recipe>_seed<seed>.png`; then, per recipe and dataset, the mean ± sample
 std over the seeds of the final-epoch and best accuracy; and `<out-dir>/snn_accuracy.json`.
 """
 
@@ -18,6 +18,13 @@ from pathlib import Path
 from efficientdl.snn.report import plot_accuracy
 
 
+def recipe_label(config: dict) -> str:
+    """The network plus the algorithm when it is not the default: mnist_cnn, mnist_cnn_paper2020
+    (the names of the packaged recipes these runs come from)."""
+    algorithm = config.get("algorithm", "tsslbp")
+    return config["model"] if algorithm == "tsslbp" else f"{config['model']}_{algorithm}"
+
+
 def summarise(run_dir: Path) -> dict:
     """Epochs done, final and best test accuracy and wall time of one run folder."""
     config = json.loads((run_dir / "config.json").read_text())
@@ -29,6 +36,7 @@ def summarise(run_dir: Path) -> dict:
     return {
         "run_dir": str(run_dir),
         "model": config["model"],
+        "recipe": recipe_label(config),
         "dataset": config["dataset"],
         "seed": config["seed"],
         "epochs_done": history[-1]["epoch"],
@@ -41,11 +49,11 @@ def summarise(run_dir: Path) -> dict:
     }
 
 
-def _by_network(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
-    """The rows grouped by (model, dataset), in first-seen order."""
+def _by_recipe(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """The rows grouped by (recipe, dataset), in first-seen order."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["model"], r["dataset"]), []).append(r)
+        groups.setdefault((r["recipe"], r["dataset"]), []).append(r)
     return groups
 
 
@@ -62,28 +70,29 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks"))
     args = parser.parse_args()
     rows = [summarise(d) for d in args.run_dirs]
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     print(
-        "| network | dataset | seed | epochs | final-epoch test % | best test % (epoch) "
+        "| recipe | dataset | seed | epochs | final-epoch test % | best test % (epoch) "
         "| wall time | curve |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        png = args.out_dir / f"snn_accuracy_{r['model']}_seed{r['seed']}.png"
-        plot_accuracy(r["history"], png, title=f"{r['model']} on {r['dataset']}, seed {r['seed']}")
+        png = args.out_dir / f"snn_accuracy_{r['recipe']}_seed{r['seed']}.png"
+        plot_accuracy(r["history"], png, title=f"{r['recipe']} on {r['dataset']}, seed {r['seed']}")
         print(
-            f"| {r['model']} | {r['dataset']} | {r['seed']} | "
+            f"| {r['recipe']} | {r['dataset']} | {r['seed']} | "
             f"{r['epochs_done']} of {r['epochs_planned']} | "
             f"{100 * r['final_test_accuracy']:.2f} | {100 * r['best_test_accuracy']:.2f} "
             f"({r['best_epoch']}) | {r['wall_hours']:.2f} h | {png.name} |"
         )
-    print("\n| network | dataset | seeds | epochs | final-epoch test % | best test % |")
+    print("\n| recipe | dataset | seeds | epochs | final-epoch test % | best test % |")
     print("|---|---|---|---|---|---|")
-    for (model, dataset), group in _by_network(rows).items():
+    for (recipe, dataset), group in _by_recipe(rows).items():
         final = [100 * r["final_test_accuracy"] for r in group]
         best = [100 * r["best_test_accuracy"] for r in group]
         epochs = sorted({r["epochs_done"] for r in group})
         print(
-            f"| {model} | {dataset} | {len(group)} | {', '.join(map(str, epochs))} | "
+            f"| {recipe} | {dataset} | {len(group)} | {', '.join(map(str, epochs))} | "
             f"{_mean_std(final)} | {_mean_std(best)} |"
         )
     out = args.out_dir / "snn_accuracy.json"
