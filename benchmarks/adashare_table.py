@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from efficientdl.adashare.config import ABLATIONS, BASELINES
+from efficientdl.adashare.folders import ADASHARE_RESULT, RESULT
 from efficientdl.adashare.objectives.metrics import DELTA_METRICS, delta_t
 
 ARMS = (*BASELINES, "adashare", *ABLATIONS)  # columns where a seed ran them
@@ -35,7 +36,7 @@ def load_runs(folder: Path) -> dict:
     """{arm: result} of one seed's run folder (AdaShare, finished baselines and ablations)."""
     runs = {}
     for arm in ARMS:
-        name = "adashare_result.json" if arm == "adashare" else "result.json"
+        name = ADASHARE_RESULT if arm == "adashare" else RESULT
         result = read_json(arm_folder(folder, arm) / name)
         if result is not None and "test" in result:
             runs[arm] = result
@@ -71,6 +72,13 @@ def policy_strings(policy: dict) -> dict:
     }
 
 
+def paired_difference(vs_single: dict, arm: str, reference: str) -> dict:
+    """{seed: Δ_T(arm) − Δ_T(reference)} (each against the seed's single-task) over the seeds where
+    both ran; `vs_single` is {arm: {seed: Δ_T}}."""
+    a, b = vs_single[arm], vs_single.get(reference, {})
+    return {s: a[s] - b[s] for s in a if s in b}
+
+
 def summarize(folders: list[Path], preset: str) -> dict:
     """Every number of the table, per seed and aggregated, as one JSON-ready dict."""
     seeds = {f.name: load_runs(f) for f in folders}
@@ -79,26 +87,24 @@ def summarize(folders: list[Path], preset: str) -> dict:
     first = next(r for r in seeds.values() if r)
     tasks = list(next(iter(first.values()))["test"])
     hib = {t: DELTA_METRICS[preset][t] for t in tasks}
+    vs_single = {
+        arm: {
+            s: delta_t(r[arm]["test"], r["single_task"]["test"], hib)
+            for s, r in seeds.items()
+            if arm in r and "single_task" in r
+        }
+        for arm in arms
+    }
+    totals = {arm: {s: d["delta_t"] for s, d in v.items()} for arm, v in vs_single.items()}
     per_arm = {}
     for arm in arms:
         rows = {s: r for s, r in seeds.items() if arm in r}
-        vs_single = {
-            s: delta_t(r[arm]["test"], r["single_task"]["test"], hib)
-            for s, r in rows.items()
-            if "single_task" in r
-        }
-        paired = {
-            s: d["delta_t"]
-            - delta_t(rows[s][HARD]["test"], rows[s]["single_task"]["test"], hib)["delta_t"]
-            for s, d in vs_single.items()
-            if HARD in rows[s]
-        }
         per_arm[arm] = {
             "seeds": list(rows),
             "test": {s: r[arm]["test"] for s, r in rows.items()},
-            "delta_t_vs_single_task": {s: d["delta_t"] for s, d in vs_single.items()},
-            "delta_per_task_vs_single_task": {s: d["per_task"] for s, d in vs_single.items()},
-            "delta_t_minus_hard_sharing": paired,
+            "delta_t_vs_single_task": totals[arm],
+            "delta_per_task_vs_single_task": {s: d["per_task"] for s, d in vs_single[arm].items()},
+            "delta_t_minus_hard_sharing": paired_difference(totals, arm, HARD),
             "params": {s: r[arm]["params"]["total"] for s, r in rows.items()},
             "backbone_units": {s: r[arm]["params"]["backbone_units"] for s, r in rows.items()},
             "gflops": {s: r[arm]["flops"]["flops_shared"] / 1e9 for s, r in rows.items()},
@@ -110,7 +116,7 @@ def summarize(folders: list[Path], preset: str) -> dict:
             per_arm[arm]["every_sample_delta_t_vs_single_task"] = {
                 s: sample_deltas(arm_folder(f, arm), rows[s]["single_task"]["test"], hib)
                 for f in folders
-                if (s := f.name) in vs_single
+                if (s := f.name) in totals[arm]
             }
     ada = {s: r["adashare"] for s, r in seeds.items() if "adashare" in r}
     return {
@@ -167,16 +173,8 @@ def markdown(summary: dict) -> str:
             each = ", ".join(f"{s} {v:+.2f}" for s, v in paired.items())
             out.append(f"- {a} − hard sharing, Δ_T points: {fmt(list(paired.values()))} ({each})")
     if "adashare" in arms and "mtan" in arms:
-        both = [
-            s
-            for s in arms["adashare"]["delta_t_vs_single_task"]
-            if s in arms["mtan"]["delta_t_vs_single_task"]
-        ]
-        diff = [
-            arms["adashare"]["delta_t_vs_single_task"][s]
-            - arms["mtan"]["delta_t_vs_single_task"][s]
-            for s in both
-        ]
+        totals = {a: arms[a]["delta_t_vs_single_task"] for a in ("adashare", "mtan")}
+        diff = list(paired_difference(totals, "adashare", "mtan").values())
         out.append(
             f"- adashare − mtan, Δ_T points: {fmt(diff)} ({', '.join(f'{d:+.2f}' for d in diff)})"
         )
