@@ -3,7 +3,7 @@ metric as mean ± std over seeds per arm, Δ_T against each seed's single-task b
 difference of every arm's Δ_T against hard sharing's (seed by seed), parameters, GFLOPs, the
 learned policies and whether each search converged (final τ, select-probability histogram).
 
-    python benchmarks/adashare_table.py runs/adashare_p5/seed_* --out results.md --json results.json
+    python benchmarks/adashare_table.py runs/adashare_p5/seed_*/ --json results.json
 """
 
 from __future__ import annotations
@@ -220,6 +220,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the Markdown here too")
     parser.add_argument("--json", type=Path, default=None, help="write every number here")
     args = parser.parse_args()
+    for folder in args.folders:
+        if not folder.is_dir():
+            parser.exit(2, f"adashare_table: {folder} is not a run folder (expected a folder that "
+                           "`efficientdl adashare pipeline --run-dir` wrote)\n")  # fmt: skip
     summary = summarize(sorted(args.folders), args.preset)
     text = markdown(summary)
     if args.out:

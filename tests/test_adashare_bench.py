@@ -3,6 +3,8 @@ run folder, and the speed targets' met/missed logic (benchmarks/adashare_speed.p
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -168,3 +170,15 @@ def test_table_pairs_every_arm_with_hard_sharing_seed_by_seed(tmp_path):
     # every sample: seed_a +5 and (+20 + 0)/2 = +10; seed_b +5 and (−25 − 50)/2 = −37.5
     samples = arms["adashare"]["every_sample_delta_t_vs_single_task"]
     assert samples == {"seed_a": pytest.approx([5, 10]), "seed_b": pytest.approx([5, -37.5])}
+
+
+def test_table_refuses_a_file_in_place_of_a_run_folder(tmp_path):
+    stray = tmp_path / "seed_a.log"  # what a `seed_*` glob also matches beside the run folders
+    stray.write_text("log\n")
+    script = Path(adashare_table.__file__)
+    proc = subprocess.run([sys.executable, str(script), str(stray)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"adashare_table: {stray} is not a run folder (expected a folder that "
+        "`efficientdl adashare pipeline --run-dir` wrote)"
+    ]
